@@ -1,0 +1,39 @@
+"""Column names and file names of every table msr writes: the only place they are spelled.
+
+Ids (users and items) are always strings in msr's tables, whatever the raw dataset used.
+"""
+
+from __future__ import annotations
+
+# items.parquet
+ITEM = "item_id"
+TITLE = "title"
+DESCRIPTION = "description"
+BRAND = "brand"
+CATEGORIES = "categories"
+IMAGE = "image_path"  # absolute path of a verified readable image, or null
+ITEM_COLUMNS = (ITEM, TITLE, DESCRIPTION, BRAND, CATEGORIES, IMAGE)
+
+# interactions.parquet (sorted by user, then time, then item id)
+USER = "user_id"
+TIMESTAMP = "timestamp"  # integer, the dataset's own unit (ms for MicroLens and Amazon 2023, s for 2018)
+POSITION = "position"  # 0-based index of the interaction in the user's chronological sequence
+INTERACTION_COLUMNS = (USER, ITEM, TIMESTAMP, POSITION)
+
+# examples.parquet: one row per (user, target); the history is the user's first HISTORY_LEN interactions
+SPLIT = "split"
+TARGET = "target_item_id"
+HISTORY_LEN = "history_len"  # == POSITION of the target: the history is positions [0, HISTORY_LEN)
+CUTOFF_TS = "cutoff_ts"  # timestamp of the target; global statistics may use only timestamps < CUTOFF_TS
+NEGATIVES = "negatives"  # list of item ids the user never interacted with, seeded
+EXAMPLE_COLUMNS = (USER, SPLIT, TARGET, HISTORY_LEN, CUTOFF_TS, NEGATIVES)
+
+TRAIN, VALID, TEST = "train", "valid", "test"
+SPLITS = (TRAIN, VALID, TEST)
+
+# file names inside a run directory
+ITEMS_FILE = "items.parquet"
+INTERACTIONS_FILE = "interactions.parquet"
+EXAMPLES_FILE = "examples.parquet"
+DATA_STATS_FILE = "data_stats.json"
+MANIFEST_FILE = "manifest.json"
