@@ -1,0 +1,217 @@
+"""`msr data prepare`: raw dataset -> items, interactions and examples in the run directory.
+
+Order of operations (each drop is counted in data_stats.json under `dropped`):
+unknown items -> items without title/image (if required) -> exact duplicates -> repeated
+(user, item) pairs (earliest kept) -> iterative k-core -> chronological sort -> length cap ->
+leave-last-out targets -> seeded negatives.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from msr import schema
+from msr.config import config_hash
+from msr.data import images, splits
+from msr.data.loaders import FORMATS, read_dataset
+from msr.rundir import RunDir, write_json, write_parquet
+
+log = logging.getLogger(__name__)
+STAGE = "data.prepare"
+
+
+@dataclass
+class PrepareConfig:
+    """Where the raw data is, how to filter it, and how to split it."""
+
+    run_dir: str = field(metadata={"help": "Run directory to write items/interactions/examples into."})
+    interactions: str = field(metadata={"help": "Interactions file: MicroLens pairs csv, Amazon reviews "
+                                                "jsonl(.gz), or generic csv/parquet (user,item,timestamp)."})
+    items: str = field(metadata={"help": "Items file: MicroLens titles csv, Amazon metadata jsonl(.gz), "
+                                         "or generic items jsonl (id,title,description,image)."})
+    format: str = field(default="microlens", metadata={"help": f"One of {', '.join(FORMATS)}."})
+    image_dir: str | None = field(default=None, metadata={"help": "Folder of item images (MicroLens "
+                                  "covers/, `{item_id}.jpg` for Amazon, the root of relative paths for generic)."})
+    user_min: int = field(default=5, metadata={"help": "k-core: minimum interactions per user."})
+    item_min: int = field(default=5, metadata={"help": "k-core: minimum interactions per item."})
+    dedup_pairs: bool = field(default=True, metadata={"help": "Keep only the earliest interaction of a "
+                              "repeated (user, item) pair. Exact duplicate rows are always dropped."})
+    max_seq_len: int = field(default=0, metadata={"help": "Keep each user's most recent N interactions "
+                             "after k-core (0: no cap)."})
+    min_history: int = field(default=1, metadata={"help": "Minimum history length of any target."})
+    train_targets_per_user: int = field(default=1, metadata={"help": "Training targets per user, the "
+                                        "positions just before validation (-1: all eligible positions)."})
+    negatives_train: int = field(default=1, metadata={"help": "Negatives per training target."})
+    negatives_valid: int = field(default=1, metadata={"help": "Negatives per validation target."})
+    negatives_test: int = field(default=20, metadata={"help": "Negatives per test target."})
+    require_title: bool = field(default=True, metadata={"help": "Drop items with an empty title."})
+    require_image: bool = field(default=False, metadata={"help": "Drop items without a usable image."})
+    verify_images: bool = field(default=True, metadata={"help": "Decode every image to find corrupt files "
+                                "(off: only check that the file exists)."})
+    seed: int = field(default=0, metadata={"help": "Seed for negative sampling."})
+    force: bool = field(default=False, metadata={"help": "Re-run even if outputs are current."})
+
+    def validate(self) -> None:
+        if self.format not in FORMATS:
+            raise ValueError(f"format: {self.format!r} is not one of {', '.join(FORMATS)}")
+        for name in ("user_min", "item_min", "min_history", "negatives_train", "negatives_valid",
+                     "negatives_test", "max_seq_len"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.train_targets_per_user < -1:
+            raise ValueError("train_targets_per_user must be -1 (all) or >= 0")
+        if self.max_seq_len and self.max_seq_len < self.min_history + 2:
+            raise ValueError("max_seq_len must leave room for min_history + validation + test")
+
+
+def prepare(cfg: PrepareConfig) -> dict:
+    """Run the stage (or skip it when its outputs are current); return the statistics."""
+    cfg.validate()
+    run = RunDir(cfg.run_dir)
+    digest = config_hash(cfg, exclude=("run_dir", "force"))
+    outputs = [schema.ITEMS_FILE, schema.INTERACTIONS_FILE, schema.EXAMPLES_FILE, schema.DATA_STATS_FILE]
+    if not cfg.force and run.is_current(STAGE, digest):
+        log.info("data prepare: outputs in %s are current (use --force to redo)", run.root)
+        return json.loads(run.path(schema.DATA_STATS_FILE).read_text())
+
+    t0 = time.perf_counter()
+    raw = read_dataset(cfg.format, cfg.interactions, cfg.items, cfg.image_dir)
+    dropped: Counter = Counter(raw.counts)
+    log.info("read %d interactions, %d items in %.1fs", len(raw.interactions), len(raw.items),
+             time.perf_counter() - t0)
+
+    items = raw.items.sort_values(schema.ITEM, kind="stable").reset_index(drop=True)
+    item_codes = pd.Index(items[schema.ITEM]).get_indexer(raw.interactions[schema.ITEM])
+    known = item_codes >= 0
+    dropped["interactions_unknown_item"] += int((~known).sum())
+    inter = raw.interactions[known]
+    item_codes = item_codes[known]
+
+    referenced = np.zeros(len(items), dtype=bool)
+    referenced[item_codes] = True
+    image_paths = np.full(len(items), None, dtype=object)
+    usable, reasons = images.verify_images(items[schema.IMAGE][referenced].tolist(), cfg.verify_images)
+    image_paths[referenced] = usable
+    for reason, n in reasons.items():
+        if reason != images.OK:
+            dropped[f"items_image_{reason}"] += n
+    items[schema.IMAGE] = image_paths
+
+    bad_item = np.zeros(len(items), dtype=bool)
+    if cfg.require_title:
+        no_title = referenced & (items[schema.TITLE].fillna("").str.strip() == "").to_numpy()
+        dropped["items_without_title"] += int(no_title.sum())
+        bad_item |= no_title
+    if cfg.require_image:
+        no_image = referenced & pd.isna(image_paths)
+        dropped["items_without_image"] += int((no_image & ~bad_item).sum())
+        bad_item |= no_image
+    keep = ~bad_item[item_codes]
+    dropped["interactions_of_dropped_items"] += int((~keep).sum())
+
+    user_codes, user_ids = pd.factorize(inter[schema.USER], sort=True)
+    users, its = user_codes[keep].astype(np.int64), item_codes[keep].astype(np.int64)
+    stamps = inter[schema.TIMESTAMP].to_numpy()[keep]
+
+    order = np.lexsort((stamps, its, users))
+    users, its, stamps = users[order], its[order], stamps[order]
+    same_pair = np.concatenate(([False], (users[1:] == users[:-1]) & (its[1:] == its[:-1])))
+    exact = same_pair & np.concatenate(([False], stamps[1:] == stamps[:-1]))
+    dropped["duplicate_rows"] += int(exact.sum())
+    repeat = same_pair & ~exact if cfg.dedup_pairs else np.zeros_like(exact)
+    dropped["repeated_pairs"] += int(repeat.sum())
+    first = ~(exact | repeat)
+    users, its, stamps = users[first], its[first], stamps[first]
+
+    n_users, n_items = len(user_ids), len(items)
+    core, rounds = splits.kcore(users, its, cfg.user_min, cfg.item_min, n_users, n_items)
+    dropped["kcore_interactions"] += int((~core).sum())
+    users, its, stamps = users[core], its[core], stamps[core]
+    if len(users) == 0:
+        raise ValueError(f"no interactions left after filtering and {cfg.user_min}/{cfg.item_min}-core; "
+                         f"dropped: {dict(dropped)}")
+    log.info("k-core (%d, %d): %d rounds, %d interactions left", cfg.user_min, cfg.item_min, rounds, len(users))
+
+    order = splits.chronological_order(users, stamps, its)
+    users, its, stamps = users[order], its[order], stamps[order]
+    if cfg.max_seq_len:
+        recent = splits.keep_last(users, cfg.max_seq_len)
+        dropped["interactions_beyond_max_seq_len"] += int((~recent).sum())
+        users, its, stamps = users[recent], its[recent], stamps[recent]
+
+    # re-code the surviving users and items densely (items stay in id order)
+    user_keep, users = np.unique(users, return_inverse=True)
+    item_keep, its = np.unique(its, return_inverse=True)
+    user_ids = np.asarray(user_ids)[user_keep]
+    items = items.iloc[item_keep].reset_index(drop=True)
+    n_users, n_items = len(user_keep), len(item_keep)
+
+    pos, starts, lengths = splits.positions_in_runs(users)
+    targets = splits.leave_last_out(starts, lengths, cfg.train_targets_per_user, cfg.min_history)
+    dropped["users_too_short_to_split"] += targets.users_too_short
+    ex_users = users[targets.rows]
+    per_split = np.array([cfg.negatives_train, cfg.negatives_valid, cfg.negatives_test])
+    seen = np.unique(users * n_items + its)
+    negatives, offsets, fillable = splits.sample_negatives(
+        ex_users, per_split[targets.split], seen, np.bincount(users, minlength=n_users), n_items, cfg.seed)
+    dropped["examples_without_enough_negatives"] += int((~fillable).sum())
+
+    user_arr, item_arr = pa.array(user_ids.astype(str)), pa.array(items[schema.ITEM].astype(str))
+    rows, split_codes = targets.rows[fillable], targets.split[fillable]
+    neg_offsets = np.concatenate(([0], np.cumsum(np.diff(offsets)[fillable])))
+    split_names = np.array(schema.SPLITS)
+
+    write_parquet(run.path(schema.ITEMS_FILE), pa.table({
+        schema.ITEM: item_arr,
+        schema.TITLE: pa.array(items[schema.TITLE].fillna(""), pa.string()),
+        schema.DESCRIPTION: pa.array(items[schema.DESCRIPTION].fillna(""), pa.string()),
+        schema.BRAND: pa.array(items[schema.BRAND].fillna(""), pa.string()),
+        schema.CATEGORIES: pa.array(items[schema.CATEGORIES].tolist(), pa.list_(pa.string())),
+        schema.IMAGE: pa.array(items[schema.IMAGE], pa.string(), from_pandas=True)}))
+    write_parquet(run.path(schema.INTERACTIONS_FILE), pa.table({
+        schema.USER: user_arr.take(pa.array(users)), schema.ITEM: item_arr.take(pa.array(its)),
+        schema.TIMESTAMP: pa.array(stamps, pa.int64()), schema.POSITION: pa.array(pos, pa.int32())}))
+    write_parquet(run.path(schema.EXAMPLES_FILE), pa.table({
+        schema.USER: user_arr.take(pa.array(users[rows])),
+        schema.SPLIT: pa.array(split_names[split_codes]),
+        schema.TARGET: item_arr.take(pa.array(its[rows])),
+        schema.HISTORY_LEN: pa.array(pos[rows], pa.int32()),
+        schema.CUTOFF_TS: pa.array(stamps[rows], pa.int64()),
+        schema.NEGATIVES: pa.ListArray.from_arrays(pa.array(neg_offsets, pa.int32()),
+                                                   item_arr.take(pa.array(negatives))),
+    }))
+    stats = _statistics(cfg, n_users, n_items, lengths, items, split_names[split_codes], dropped, rounds)
+    write_json(run.path(schema.DATA_STATS_FILE), stats)
+    run.record(STAGE, digest, dataclasses.asdict(cfg), outputs)
+    log.info("data prepare: done in %.1fs -> %s", time.perf_counter() - t0, run.root)
+    return stats
+
+
+def _statistics(cfg: PrepareConfig, n_users: int, n_items: int, lengths: np.ndarray, items: pd.DataFrame,
+                example_splits: np.ndarray, dropped: Counter, rounds: int) -> dict:
+    n_inter = int(lengths.sum())
+    pct = np.percentile(lengths, [0, 25, 50, 75, 90, 99, 100]) if n_inter else np.zeros(7)
+    with_image = int(items[schema.IMAGE].notna().sum())
+    return {
+        "format": cfg.format,
+        "users": n_users,
+        "items": n_items,
+        "interactions": n_inter,
+        "density": n_inter / (n_users * n_items) if n_users and n_items else 0.0,
+        "sequence_length": dict(zip(["min", "p25", "p50", "p75", "p90", "p99", "max"],
+                                    [float(p) for p in pct]), mean=float(lengths.mean()) if n_inter else 0.0),
+        "items_with_image": with_image,
+        "image_coverage": with_image / n_items if n_items else 0.0,
+        "examples": {s: int((example_splits == s).sum()) for s in schema.SPLITS},
+        "kcore_rounds": rounds,
+        "dropped": dict(sorted((k, int(v)) for k, v in dropped.items() if v)),
+    }
