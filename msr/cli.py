@@ -1,0 +1,82 @@
+"""The `msr` command: one subcommand per stage, each a thin call into the module that owns it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Callable, Sequence
+
+from msr import __version__
+from msr.config import ConfigError, parse_config
+
+
+def _data_prepare(argv: Sequence[str]) -> None:
+    from msr.data.prepare import PrepareConfig, prepare
+
+    stats = prepare(parse_config(PrepareConfig, argv, prog="msr data prepare"))
+    print(json.dumps(stats, indent=2))
+
+
+def _data_synth(argv: Sequence[str]) -> None:
+    from msr.data.synthetic import SynthConfig, generate
+
+    out = generate(parse_config(SynthConfig, argv, prog="msr data synth"))
+    print(f"embedded dataset (MicroLens layout) in {out}")
+
+
+def _tiny(argv: Sequence[str]) -> None:
+    from msr.tiny import TinyConfig, build_from_config
+
+    out = build_from_config(parse_config(TinyConfig, argv, prog="msr tiny"))
+    print(f"tiny model in {out}")
+
+
+def _quickstart(argv: Sequence[str]) -> None:
+    from msr.quickstart import QuickstartConfig, quickstart
+
+    quickstart(parse_config(QuickstartConfig, argv, prog="msr quickstart"))
+
+
+# (words, help, handler): the words are the subcommand path, e.g. ("data", "prepare")
+COMMANDS: list[tuple[tuple[str, ...], str, Callable[[Sequence[str]], None]]] = [
+    (("quickstart",), "every stage on the embedded dataset, offline, on CPU", _quickstart),
+    (("data", "synth"), "generate the embedded dataset (MicroLens layout, with ground truth)", _data_synth),
+    (("data", "prepare"), "raw dataset -> items, interactions, examples (k-core, split, negatives)",
+     _data_prepare),
+    (("tiny",), "build a tiny random VLM or text LM offline (tests, quickstart)", _tiny),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="msr", description="Multimodal LLMs as sequential recommenders. Each stage takes "
+        "--config FILE.yaml and --key value overrides; `msr STAGE --help` lists its keys.")
+    parser.add_argument("--version", action="version", version=f"msr {__version__}")
+    groups: dict[tuple[str, ...], argparse._SubParsersAction] = {(): parser.add_subparsers(
+        dest="command", metavar="STAGE", required=True)}
+    for words, help_text, handler in COMMANDS:
+        for depth in range(1, len(words)):
+            prefix = words[:depth]
+            if prefix not in groups:
+                group = groups[prefix[:-1]].add_parser(prefix[-1], help=f"{prefix[-1]} stages")
+                groups[prefix] = group.add_subparsers(dest=f"command{depth}", metavar="STAGE", required=True)
+        leaf = groups[words[:-1]].add_parser(words[-1], help=help_text, add_help=False)
+        leaf.set_defaults(handler=handler)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    args, rest = build_parser().parse_known_args(argv)
+    try:
+        args.handler(rest)
+    except (ConfigError, ValueError, FileNotFoundError) as err:
+        print(f"msr: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""The `msr` command lists its stages, and the quickstart runs the stages that exist, resumably."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+from msr import schema
+from msr.cli import main
+
+
+def test_help_lists_stages() -> None:
+    out = subprocess.run([sys.executable, "-m", "msr.cli", "--help"], capture_output=True, text=True, check=True)
+    for stage in ("quickstart", "data", "tiny"):
+        assert stage in out.stdout
+    out = subprocess.run([sys.executable, "-m", "msr.cli", "data", "prepare", "--help"], capture_output=True,
+                         text=True, check=True)
+    assert "--user_min" in out.stdout and "--config" in out.stdout
+
+
+def test_bad_key_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["data", "prepare", "--run_dir", str(tmp_path), "--interactions", "a", "--items", "b",
+                 "--user_mim", "3"]) == 2
+    assert "--user_mim" in capsys.readouterr().err
+    assert main(["tiny", "--out_dir", str(tmp_path), "--family", "qwen"]) == 2
+
+
+def test_quickstart_runs_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run = tmp_path / "qs"
+    args = ["quickstart", "--run_dir", str(run), "--num_users", "60", "--num_items", "60"]
+    assert main(args) == 0
+    assert "msr quickstart: done" in capsys.readouterr().out
+    examples = pd.read_parquet(run / schema.EXAMPLES_FILE)
+    assert set(examples[schema.SPLIT]) == {"train", "valid", "test"}
+    assert AutoModelForImageTextToText.from_pretrained(run / "models" / "vlm") is not None
+    assert AutoModelForCausalLM.from_pretrained(run / "models" / "lm") is not None
+    stamp = (run / "models" / "vlm" / "config.json").stat().st_mtime_ns
+    assert main(args) == 0
+    assert (run / "models" / "vlm" / "config.json").stat().st_mtime_ns == stamp
