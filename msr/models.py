@@ -1,0 +1,91 @@
+"""The only home of `from_pretrained`: models, processors, dtype, device and quantization.
+
+Every stage loads through here, so `trust_remote_code` is off unless the user turns it on, a
+CPU never gets bf16 by accident (it is ~6x slower than fp32 there), and 4-bit loading is one
+switch for every stage.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    AutoTokenizer,
+    BitsAndBytesConfig,
+    PreTrainedModel,
+)
+from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class LoadedModel:
+    """A model with what turns text (and images) into its inputs."""
+
+    model: PreTrainedModel
+    processor: Any  # a ProcessorMixin for VLMs, the tokenizer for text-only LMs
+    tokenizer: Any
+    is_vlm: bool
+    name: str
+
+
+def resolve_device(device: str = "auto") -> str:
+    """'auto' -> 'cuda' when a GPU is visible, else 'cpu'."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    """'auto' -> bf16 on a GPU that supports it, fp32 otherwise (bf16 is slow on CPUs)."""
+    if dtype == "auto":
+        if device.startswith("cuda") and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not one of auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def is_vision_model(name: str, trust_remote_code: bool = False) -> bool:
+    """True when the checkpoint is an image-text-to-text model (a VLM)."""
+    config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+    return config.model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+
+def load_model(name: str, dtype: str = "auto", device: str = "auto", load_in_4bit: bool = False,
+               trust_remote_code: bool = False) -> LoadedModel:
+    """Load a VLM (with its processor) or a text LM (with its tokenizer) for inference."""
+    device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, device)
+    vlm = is_vision_model(name, trust_remote_code)
+    kwargs: dict[str, Any] = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
+    if load_in_4bit:
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch_dtype)
+        kwargs["device_map"] = {"": device}
+    auto = AutoModelForImageTextToText if vlm else AutoModelForCausalLM
+    model = auto.from_pretrained(name, **kwargs)
+    if not load_in_4bit:
+        model.to(device)
+    model.eval()
+    if vlm:
+        processor = AutoProcessor.from_pretrained(name, trust_remote_code=trust_remote_code)
+        tokenizer = processor.tokenizer
+    else:
+        processor = tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    log.info("loaded %s (%s, %s, %s%s)", name, "VLM" if vlm else "LM", device, torch_dtype,
+             ", 4-bit" if load_in_4bit else "")
+    return LoadedModel(model, processor, tokenizer, vlm, name)

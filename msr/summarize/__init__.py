@@ -1,0 +1,1 @@
+"""Summarizers: items (VLM, image + text) and users (LLM, recurrent over time-ordered blocks)."""
