@@ -26,6 +26,20 @@ def _data_synth(argv: Sequence[str]) -> None:
     print(f"embedded dataset (MicroLens layout) in {out}")
 
 
+def _summarize_items(argv: Sequence[str]) -> None:
+    from msr.summarize.config import SummarizeConfig
+    from msr.summarize.items import summarize_items
+
+    print(json.dumps(summarize_items(parse_config(SummarizeConfig, argv, prog="msr summarize items"))))
+
+
+def _summarize_users(argv: Sequence[str]) -> None:
+    from msr.summarize.config import SummarizeConfig
+    from msr.summarize.users import summarize_users
+
+    print(json.dumps(summarize_users(parse_config(SummarizeConfig, argv, prog="msr summarize users"))))
+
+
 def _tiny(argv: Sequence[str]) -> None:
     from msr.tiny import TinyConfig, build_from_config
 
@@ -45,6 +59,8 @@ COMMANDS: list[tuple[tuple[str, ...], str, Callable[[Sequence[str]], None]]] = [
     (("data", "synth"), "generate the embedded dataset (MicroLens layout, with ground truth)", _data_synth),
     (("data", "prepare"), "raw dataset -> items, interactions, examples (k-core, split, negatives)",
      _data_prepare),
+    (("summarize", "items"), "one paragraph per item from its image and text (VLM), cached", _summarize_items),
+    (("summarize", "users"), "each example's preference text, folded block by block in time order", _summarize_users),
     (("tiny",), "build a tiny random VLM or text LM offline (tests, quickstart)", _tiny),
 ]
 

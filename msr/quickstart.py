@@ -1,7 +1,8 @@
 """`msr quickstart`: every stage that exists, on the embedded dataset, offline, on CPU.
 
-Each step is resumable: the generator is idempotent, `prepare` skips when current, and models
-already built for this run's data are reused. Re-running after an interruption continues.
+Each step is resumable: the generator is idempotent, `prepare` skips when current, models
+already built for this run's data are reused, and summaries come from their caches. Re-running
+after an interruption continues where it stopped.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from msr.config import config_hash
 from msr.data.prepare import PrepareConfig, prepare
 from msr.data.synthetic import COVERS_DIR, PAIRS_FILE, TITLES_FILE, SynthConfig, generate
 from msr.rundir import RunDir
+from msr.summarize.config import SummarizeConfig
+from msr.summarize.items import summarize_items
+from msr.summarize.users import summarize_users
 from msr.tiny import VLM_FAMILIES, TinyConfig, build_from_config
 
 log = logging.getLogger(__name__)
@@ -30,6 +34,7 @@ class QuickstartConfig:
     num_items: int = field(default=240, metadata={"help": "Items of the embedded dataset."})
     family: str = field(default="llava", metadata={"help": f"Tiny VLM family: {', '.join(VLM_FAMILIES)}."})
     seed: int = field(default=0, metadata={"help": "Seed of the dataset, the split and the models."})
+    summary_tokens: int = field(default=16, metadata={"help": "max_new_tokens of the tiny summarizers."})
 
     def validate(self) -> None:
         if self.family not in VLM_FAMILIES:
@@ -55,12 +60,15 @@ def quickstart(cfg: QuickstartConfig) -> dict:
             build_from_config(tiny)
             run.record(stage, digest, vars(tiny), [f"models/{name}/config.json"])
         models[name] = tiny.out_dir
+    summarize = SummarizeConfig(run_dir=str(run.root), item_model=models["vlm"], user_model=models["lm"],
+                                max_new_tokens=cfg.summary_tokens, batch_size=32)
+    summaries = {"items": summarize_items(summarize), "users": summarize_users(summarize)}
     elapsed = time.perf_counter() - start
-    _print_summary(run.root, stats, models, elapsed)
-    return {"stats": stats, "models": models, "seconds": elapsed}
+    _print_summary(run.root, stats, models, summaries, elapsed)
+    return {"stats": stats, "models": models, "summaries": summaries, "seconds": elapsed}
 
 
-def _print_summary(root: Path, stats: dict, models: dict[str, str], seconds: float) -> None:
+def _print_summary(root: Path, stats: dict, models: dict[str, str], summaries: dict, seconds: float) -> None:
     lines = [
         f"msr quickstart: done in {seconds:.1f}s, run directory {root}",
         f"  data: {stats['users']} users, {stats['items']} items, {stats['interactions']} interactions, "
@@ -68,6 +76,9 @@ def _print_summary(root: Path, stats: dict, models: dict[str, str], seconds: flo
         "  examples: " + ", ".join(f"{k} {v}" for k, v in stats["examples"].items()),
         "  dropped: " + (", ".join(f"{k} {v}" for k, v in stats["dropped"].items()) or "nothing"),
         f"  tiny VLM: {models['vlm']}   tiny LM: {models['lm']}",
+        f"  summaries: {summaries['items']['items']} items ({summaries['items']['generated']} generated now), "
+        f"{summaries['users']['states']} user states ({summaries['users']['generated']} generated now) "
+        f"-> {root / schema.ITEM_SUMMARIES_FILE}, {root / schema.USER_SUMMARIES_FILE}",
         f"  tables: {', '.join(str(root / f) for f in (schema.ITEMS_FILE, schema.INTERACTIONS_FILE, schema.EXAMPLES_FILE))}",
     ]
     print("\n".join(lines))

@@ -37,3 +37,9 @@ INTERACTIONS_FILE = "interactions.parquet"
 EXAMPLES_FILE = "examples.parquet"
 DATA_STATS_FILE = "data_stats.json"
 MANIFEST_FILE = "manifest.json"
+ITEM_SUMMARIES_FILE = "item_summaries.jsonl"  # append-only cache, one record per (item, model, prompt, settings)
+USER_STATES_FILE = "user_states.jsonl"  # append-only cache, one record per user per block cutoff
+USER_SUMMARIES_FILE = "user_summaries.parquet"  # the preference text of every example's history
+
+# user_summaries.parquet (USER, HISTORY_LEN as above)
+SUMMARY = "summary"

@@ -43,3 +43,32 @@ def microlens_dir(tmp_path: Path) -> Path:
     write_jpeg(covers / "11.jpg", (0, 0, 255))
     (covers / "12.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_run_template(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A prepared embedded dataset (40 users, 40 items) with a tiny VLM and a tiny LM, built once."""
+    from msr.data.prepare import PrepareConfig, prepare
+    from msr.data.synthetic import COVERS_DIR, PAIRS_FILE, TITLES_FILE, SynthConfig, generate
+    from msr.tiny import build_tiny_lm, build_tiny_vlm
+
+    root = tmp_path_factory.mktemp("tiny_run")
+    raw = generate(SynthConfig(out_dir=str(root / "raw"), num_users=40, num_items=40, seed=1))
+    run = root / "run"
+    prepare(PrepareConfig(run_dir=str(run), interactions=str(raw / PAIRS_FILE), items=str(raw / TITLES_FILE),
+                          image_dir=str(raw / COVERS_DIR), train_targets_per_user=2, negatives_test=5))
+    import pandas as pd
+
+    titles = pd.read_parquet(run / "items.parquet")["title"].tolist()
+    return {"run": run, "vlm": str(build_tiny_vlm(root / "vlm", "llava", titles)),
+            "lm": str(build_tiny_lm(root / "lm", titles))}
+
+
+@pytest.fixture
+def tiny_run(tiny_run_template: dict, tmp_path: Path) -> dict:
+    """A private copy of the prepared run (tests may write caches into it)."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run_template["run"], run)
+    return {**tiny_run_template, "run": run}

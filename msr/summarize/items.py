@@ -1,0 +1,119 @@
+"""`msr summarize items`: one paragraph per item from its image, title and description.
+
+Results go to an append-only JSONL cache keyed by (item content, image bytes, model, prompt,
+generation settings), flushed after every batch: killing the process loses at most the batch in
+flight, and a re-run generates only what is missing. A re-run with everything cached does not
+even load the model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from msr import schema
+from msr.prompts import Prompt, load_prompt
+from msr.rundir import JsonlLog, RunDir
+from msr.summarize.backends import Backend, GenerationSettings, Request
+from msr.summarize.config import SummarizeConfig, make_backend
+
+log = logging.getLogger(__name__)
+
+
+def digest(*parts: object) -> str:
+    """A stable hash of JSON-serialisable parts (the cache-key function of all summarizers)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def _file_digest(path: str | None) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest() if path else ""
+
+
+def _description(item: dict) -> str:
+    text = (item.get(schema.DESCRIPTION) or "").strip()
+    return f" Description: {text}" if text else ""
+
+
+class ItemPrompts:
+    """The item prompts of a config and the cache key of each item under them."""
+
+    def __init__(self, cfg: SummarizeConfig):
+        self.with_image = load_prompt("item_summary", cfg.prompt_dir)
+        self.text_only = load_prompt("item_summary_text_only", cfg.prompt_dir)
+        self.model = cfg.model_for("items")
+        self.settings: GenerationSettings = cfg.settings
+
+    def prompt_for(self, item: dict) -> Prompt:
+        return self.with_image if item[schema.IMAGE] else self.text_only
+
+    def key(self, item: dict, image_digest: str) -> str:
+        return digest("item", item[schema.ITEM], item[schema.TITLE], item[schema.DESCRIPTION], image_digest,
+                      self.model, self.prompt_for(item).hash, self.settings.key())
+
+    def request(self, item: dict) -> Request:
+        text = self.prompt_for(item).render(title=item[schema.TITLE], description=_description(item))
+        image = item[schema.IMAGE]
+        return Request(text, Path(image) if image else None)
+
+
+def _load_items(run: RunDir) -> list[dict]:
+    run.require(schema.ITEMS_FILE)
+    items = pd.read_parquet(run.path(schema.ITEMS_FILE))
+    items[schema.IMAGE] = items[schema.IMAGE].astype(object).where(items[schema.IMAGE].notna(), None)
+    return items.to_dict("records")
+
+
+def item_keys(run: RunDir, cfg: SummarizeConfig) -> dict[str, str]:
+    """item id -> the cache key its summary has under `cfg` (what later stages look up)."""
+    prompts = ItemPrompts(cfg)
+    return {item[schema.ITEM]: prompts.key(item, _file_digest(item[schema.IMAGE])) for item in _load_items(run)}
+
+
+def load_item_summaries(run: RunDir, cfg: SummarizeConfig) -> dict[str, dict]:
+    """item id -> its cached record under `cfg`; raises if any item has not been summarized."""
+    cache = JsonlLog(run.path(schema.ITEM_SUMMARIES_FILE), key="key")
+    keys = item_keys(run, cfg)
+    missing = [item for item, key in keys.items() if key not in cache]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} of {len(keys)} items have no summary for model "
+                                f"{cfg.model_for('items')!r} with these prompts/settings (e.g. item "
+                                f"{missing[0]}): run `msr summarize items` with the same config first")
+    return {item: cache.get(key) for item, key in keys.items()}
+
+
+def summarize_items(cfg: SummarizeConfig, backend: Backend | None = None) -> dict:
+    """Summarize every item of the run that has no cached summary; return counts."""
+    cfg.validate()
+    run = RunDir(cfg.run_dir)
+    items = _load_items(run)
+    prompts = ItemPrompts(cfg)
+    cache = JsonlLog(run.path(schema.ITEM_SUMMARIES_FILE), key="key")
+    if cache.torn_lines:
+        log.warning("dropped a torn last line of %s (an interrupted write)", cache.path)
+    pending = []
+    for item in items:
+        key = prompts.key(item, _file_digest(item[schema.IMAGE]))
+        if key not in cache:
+            pending.append((key, item))
+    stats = {"items": len(items), "cached": len(items) - len(pending), "generated": 0,
+             "text_only": sum(1 for _, item in pending if not item[schema.IMAGE]), "empty": 0}
+    if pending:
+        backend = backend or make_backend(cfg, prompts.model)
+        step = backend.batch_size
+        with tqdm(total=len(items), initial=stats["cached"], desc="item summaries", unit="item") as bar:
+            for lo in range(0, len(pending), step):
+                batch = pending[lo:lo + step]
+                texts = backend.generate([prompts.request(item) for _, item in batch], prompts.settings)
+                cache.append([{"key": key, schema.ITEM: item[schema.ITEM], schema.SUMMARY: text,
+                               "model": prompts.model, "prompt": prompts.prompt_for(item).name,
+                               "has_image": bool(item[schema.IMAGE])} for (key, item), text in zip(batch, texts)])
+                stats["generated"] += len(batch)
+                stats["empty"] += sum(1 for t in texts if not t)
+                bar.update(len(batch))
+    log.info("item summaries: %s", stats)
+    return stats
