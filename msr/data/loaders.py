@@ -90,10 +90,25 @@ def _json_lines(path: Path, counts: Counter, what: str) -> Iterator[dict]:
                 counts[f"malformed_{what}_rows"] += 1
 
 
-def _interactions_frame(users: list, items: list, timestamps: list) -> pd.DataFrame:
+def _texts(values: Any) -> list[str]:
+    """The non-empty clean strings of a list field (None -> [])."""
+    return [t for t in (_text(v) for v in (values or [])) if t]
+
+
+def _review_interactions(path: Path, counts: Counter, user_key: str, item_key: str, ts_key: str) -> pd.DataFrame:
+    """Interactions from review JSON lines; a row without user, item or integer time is counted."""
+    users, items, stamps = [], [], []
+    for r in _json_lines(path, counts, "interaction"):
+        user, item, ts = r.get(user_key), r.get(item_key), r.get(ts_key)
+        if not user or not item or not isinstance(ts, int) or isinstance(ts, bool):
+            counts["malformed_interaction_rows"] += 1
+            continue
+        users.append(str(user))
+        items.append(str(item))
+        stamps.append(ts)
     return pd.DataFrame({schema.USER: pd.array(users, dtype="str"),
                          schema.ITEM: pd.array(items, dtype="str"),
-                         schema.TIMESTAMP: pd.array(timestamps, dtype="int64")})
+                         schema.TIMESTAMP: pd.array(stamps, dtype="int64")})
 
 
 def _items_frame(rows: list[dict], image_dir: str | None, counts: Counter,
@@ -178,48 +193,35 @@ def read_microlens(pairs: Path, titles: Path, image_dir: str | None) -> RawData:
 def read_amazon2018(reviews: Path, meta: Path, image_dir: str | None) -> RawData:
     """Amazon Reviews 2018: reviews (reviewerID, asin, unixReviewTime in s) + metadata by asin."""
     counts: Counter = Counter()
-    users, items, stamps = [], [], []
-    for r in _json_lines(reviews, counts, "interaction"):
-        user, item, ts = r.get("reviewerID"), r.get("asin"), r.get("unixReviewTime")
-        if not user or not item or not isinstance(ts, int):
-            counts["malformed_interaction_rows"] += 1
-            continue
-        users.append(str(user)), items.append(str(item)), stamps.append(ts)
+    interactions = _review_interactions(reviews, counts, "reviewerID", "asin", "unixReviewTime")
     rows = []
     for m in _json_lines(meta, counts, "item"):
         if not m.get("asin"):
             counts["malformed_item_rows"] += 1
             continue
-        categories = m.get("category") or []
         rows.append({schema.ITEM: str(m["asin"]), schema.TITLE: _text(m.get("title")),
                      schema.DESCRIPTION: _text(m.get("description")), schema.BRAND: _text(m.get("brand")),
-                     schema.CATEGORIES: [_text(c) for c in categories if _text(c)]})
-    return RawData(_items_frame(rows, image_dir, counts), _interactions_frame(users, items, stamps), counts)
+                     schema.CATEGORIES: _texts(m.get("category"))})
+    return RawData(_items_frame(rows, image_dir, counts), interactions, counts)
 
 
 def read_amazon2023(reviews: Path, meta: Path, image_dir: str | None) -> RawData:
     """Amazon Reviews 2023: reviews (user_id, parent_asin, timestamp in ms) + metadata by parent_asin."""
     counts: Counter = Counter()
-    users, items, stamps = [], [], []
-    for r in _json_lines(reviews, counts, "interaction"):
-        user, item, ts = r.get("user_id"), r.get("parent_asin"), r.get("timestamp")
-        if not user or not item or not isinstance(ts, int):
-            counts["malformed_interaction_rows"] += 1
-            continue
-        users.append(str(user)), items.append(str(item)), stamps.append(ts)
+    interactions = _review_interactions(reviews, counts, "user_id", "parent_asin", "timestamp")
     rows = []
     for m in _json_lines(meta, counts, "item"):
         if not m.get("parent_asin"):
             counts["malformed_item_rows"] += 1
             continue
         description = _text(m.get("description")) or _text(m.get("features"))
-        categories = [_text(c) for c in (m.get("categories") or []) if _text(c)]
+        categories = _texts(m.get("categories"))
         if not categories and m.get("main_category"):
             categories = [_text(m["main_category"])]
         rows.append({schema.ITEM: str(m["parent_asin"]), schema.TITLE: _text(m.get("title")),
                      schema.DESCRIPTION: description, schema.BRAND: _text(m.get("store")),
                      schema.CATEGORIES: categories})
-    return RawData(_items_frame(rows, image_dir, counts), _interactions_frame(users, items, stamps), counts)
+    return RawData(_items_frame(rows, image_dir, counts), interactions, counts)
 
 
 def read_generic(interactions: Path, items: Path, image_dir: str | None) -> RawData:
@@ -241,6 +243,6 @@ def read_generic(interactions: Path, items: Path, image_dir: str | None) -> RawD
             continue
         rows.append({schema.ITEM: str(m["id"]), schema.TITLE: _text(m.get("title")),
                      schema.DESCRIPTION: _text(m.get("description")), schema.BRAND: _text(m.get("brand")),
-                     schema.CATEGORIES: [_text(c) for c in (m.get("categories") or []) if _text(c)]})
+                     schema.CATEGORIES: _texts(m.get("categories"))})
         relative.append(str(m["image"]) if m.get("image") else None)
     return RawData(_items_frame(rows, image_dir, counts, relative), frame, counts)
