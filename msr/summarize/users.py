@@ -80,7 +80,8 @@ def _depth(state: State) -> int:
     return 0 if state.prev is None else 1 + _depth(state.prev)
 
 
-def _cutoffs(run: RunDir) -> tuple[dict[str, list[str]], dict[str, list[int]]]:
+def history_cutoffs(run: RunDir) -> tuple[dict[str, list[str]], dict[str, list[int]]]:
+    """Each user's item sequence (chronological) and the sorted history lengths of their examples."""
     run.require(schema.INTERACTIONS_FILE, schema.EXAMPLES_FILE)
     inter = pd.read_parquet(run.path(schema.INTERACTIONS_FILE), columns=[schema.USER, schema.ITEM])
     examples = pd.read_parquet(run.path(schema.EXAMPLES_FILE), columns=[schema.USER, schema.HISTORY_LEN])
@@ -103,7 +104,7 @@ def summarize_users(cfg: SummarizeConfig, backend: Backend | None = None) -> dic
     prompts = {name: load_prompt(name, cfg.prompt_dir) for name in names}
     root = digest("user", cfg.mode, model, settings.key(), cfg.block_size, [p.hash for p in prompts.values()])
 
-    sequences, cutoffs = _cutoffs(run)
+    sequences, cutoffs = history_cutoffs(run)
     states = plan_states(sequences, cutoffs, item_keys, root, cfg.block_size, cfg.mode)
     cache = JsonlLog(run.path(schema.USER_STATES_FILE), key="key")
     pending = [s for s in states.values() if s.key not in cache]
