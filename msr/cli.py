@@ -26,6 +26,12 @@ def _data_synth(argv: Sequence[str]) -> None:
     print(f"embedded dataset (MicroLens layout) in {out}")
 
 
+def _data_sft(argv: Sequence[str]) -> None:
+    from msr.data.sft import SftDataConfig, write_sft_rows
+
+    print(json.dumps(write_sft_rows(parse_config(SftDataConfig, argv, prog="msr data sft"))))
+
+
 def _summarize_items(argv: Sequence[str]) -> None:
     from msr.summarize.config import SummarizeConfig
     from msr.summarize.items import summarize_items
@@ -59,6 +65,7 @@ COMMANDS: list[tuple[tuple[str, ...], str, Callable[[Sequence[str]], None]]] = [
     (("data", "synth"), "generate the embedded dataset (MicroLens layout, with ground truth)", _data_synth),
     (("data", "prepare"), "raw dataset -> items, interactions, examples (k-core, split, negatives)",
      _data_prepare),
+    (("data", "sft"), "examples + summaries -> TRL prompt/completion rows (train with recipes/sft.py)", _data_sft),
     (("summarize", "items"), "one paragraph per item from its image and text (VLM), cached", _summarize_items),
     (("summarize", "users"), "each example's preference text, folded block by block in time order", _summarize_users),
     (("tiny",), "build a tiny random VLM or text LM offline (tests, quickstart)", _tiny),

@@ -8,6 +8,7 @@ switch for every stage.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,8 +65,11 @@ def is_vision_model(name: str, trust_remote_code: bool = False) -> bool:
 
 
 def load_model(name: str, dtype: str = "auto", device: str = "auto", load_in_4bit: bool = False,
-               trust_remote_code: bool = False) -> LoadedModel:
-    """Load a VLM (with its processor) or a text LM (with its tokenizer) for inference."""
+               trust_remote_code: bool = False, for_training: bool = False) -> LoadedModel:
+    """Load a VLM (with its processor) or a text LM (with its tokenizer).
+
+    For inference the model is moved to `device` in eval mode; for training it is left where the
+    Trainer (accelerate) will place it. 4-bit loads NF4 weights (QLoRA when trained with LoRA)."""
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     vlm = is_vision_model(name, trust_remote_code)
@@ -74,18 +78,30 @@ def load_model(name: str, dtype: str = "auto", device: str = "auto", load_in_4bi
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch_dtype)
         kwargs["device_map"] = {"": device}
-    auto = AutoModelForImageTextToText if vlm else AutoModelForCausalLM
-    model = auto.from_pretrained(name, **kwargs)
-    if not load_in_4bit:
-        model.to(device)
-    model.eval()
-    if vlm:
-        processor = AutoProcessor.from_pretrained(name, trust_remote_code=trust_remote_code)
-        tokenizer = processor.tokenizer
-    else:
-        processor = tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+    model = (AutoModelForImageTextToText if vlm else AutoModelForCausalLM).from_pretrained(name, **kwargs)
+    if not for_training:
+        if not load_in_4bit:
+            model.to(device)
+        model.eval()
+    processor = (AutoProcessor if vlm else AutoTokenizer).from_pretrained(name, trust_remote_code=trust_remote_code)
+    tokenizer = processor.tokenizer if vlm else processor
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     log.info("loaded %s (%s, %s, %s%s)", name, "VLM" if vlm else "LM", device, torch_dtype,
              ", 4-bit" if load_in_4bit else "")
     return LoadedModel(model, processor, tokenizer, vlm, name)
+
+
+def lora_target_regex(model: PreTrainedModel) -> str:
+    """A PEFT `target_modules` regex hitting every linear projection of the language model only.
+
+    A plain list of names (q_proj, ...) would also hit the vision tower (CLIP/SigLIP use q/k/v_proj,
+    Qwen2.5-VL's uses gate/up/down_proj); anchoring on the decoder's own path leaves the vision
+    tower, the projector and lm_head untouched."""
+    decoder = model.get_decoder()
+    prefix = next((name for name, module in model.named_modules() if module is decoder), None)
+    if prefix is None:
+        raise ValueError(f"cannot locate the language model inside {type(model).__name__}")
+    anchor = re.escape(prefix) + r"\." if prefix else ""
+    return rf"{anchor}layers\.\d+\.\w+\.\w+_proj"
+

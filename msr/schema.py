@@ -38,8 +38,13 @@ EXAMPLES_FILE = "examples.parquet"
 DATA_STATS_FILE = "data_stats.json"
 MANIFEST_FILE = "manifest.json"
 ITEM_SUMMARIES_FILE = "item_summaries.jsonl"  # append-only cache, one record per (item, model, prompt, settings)
+ITEM_SUMMARY_TABLE = "item_summaries.parquet"  # the current summary of every item (item_id, summary)
 USER_STATES_FILE = "user_states.jsonl"  # append-only cache, one record per user per block cutoff
 USER_SUMMARIES_FILE = "user_summaries.parquet"  # the preference text of every example's history
 
-# user_summaries.parquet (USER, HISTORY_LEN as above)
+SFT_DIR = "sft"  # sft/{split}: `datasets` on disk, TRL prompt/completion rows
+
+# item_summaries.parquet (ITEM as above) and user_summaries.parquet (USER, HISTORY_LEN as above)
 SUMMARY = "summary"
+# sft rows, besides TRL's images/prompt/completion
+LABEL = "label"

@@ -14,11 +14,12 @@ import logging
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 from tqdm.auto import tqdm
 
 from msr import schema
 from msr.prompts import Prompt, load_prompt
-from msr.rundir import JsonlLog, RunDir
+from msr.rundir import JsonlLog, RunDir, write_parquet
 from msr.summarize.backends import Backend, GenerationSettings, Request
 from msr.summarize.config import SummarizeConfig, make_backend
 
@@ -95,11 +96,8 @@ def summarize_items(cfg: SummarizeConfig, backend: Backend | None = None) -> dic
     cache = JsonlLog(run.path(schema.ITEM_SUMMARIES_FILE), key="key")
     if cache.torn_lines:
         log.warning("dropped a torn last line of %s (an interrupted write)", cache.path)
-    pending = []
-    for item in items:
-        key = prompts.key(item, _file_digest(item[schema.IMAGE]))
-        if key not in cache:
-            pending.append((key, item))
+    keys = [prompts.key(item, _file_digest(item[schema.IMAGE])) for item in items]
+    pending = [(key, item) for key, item in zip(keys, items) if key not in cache]
     stats = {"items": len(items), "cached": len(items) - len(pending), "generated": 0,
              "text_only": sum(1 for _, item in pending if not item[schema.IMAGE]), "empty": 0}
     if pending:
@@ -115,5 +113,9 @@ def summarize_items(cfg: SummarizeConfig, backend: Backend | None = None) -> dic
                 stats["generated"] += len(batch)
                 stats["empty"] += sum(1 for t in texts if not t)
                 bar.update(len(batch))
+    current = [cache.get(key) for key in keys]
+    write_parquet(run.path(schema.ITEM_SUMMARY_TABLE), pa.table({
+        schema.ITEM: pa.array([r[schema.ITEM] for r in current], pa.string()),
+        schema.SUMMARY: pa.array([r[schema.SUMMARY] for r in current], pa.string())}))
     log.info("item summaries: %s", stats)
     return stats

@@ -1,0 +1,168 @@
+"""`msr data sft`: examples + summaries -> TRL prompt/completion rows, one per (example, candidate).
+
+`recommendation_messages` is the single place the recommender's question is built: these rows
+train the model and the scorer asks exactly the same question, so the two can never drift apart
+(in the MLLM-MSR code they did). Each row holds the candidate's image, the user's preference
+text at the example's cutoff, optionally the titles of the last `history_titles` items before
+the cutoff, the candidate's title (and item summary), and the answer "Yes" or "No".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+import pandas as pd
+
+from msr import schema
+from msr.config import config_hash
+from msr.prompts import Prompt, load_prompt
+from msr.rundir import RunDir
+
+log = logging.getLogger(__name__)
+STAGE = "data.sft"
+ANSWERS = {1: "Yes", 0: "No"}
+
+
+@dataclass
+class SftDataConfig:
+    """Which examples become training rows and what their prompts show."""
+
+    run_dir: str = field(metadata={"help": "Run directory (after `msr summarize users`)."})
+    splits: list[str] = field(default_factory=lambda: ["train", "valid"],
+                              metadata={"help": "Example splits to write rows for."})
+    user_summary: bool = field(default=True, metadata={"help": "Show the user's preference text "
+                               "(from `msr summarize users`)."})
+    history_titles: int = field(default=0, metadata={"help": "Also show the titles of the last N items "
+                                "before the cutoff (0 in the paper; an ablation)."})
+    candidate_summary: bool = field(default=True, metadata={"help": "Show the candidate's item summary "
+                                    "after its title."})
+    prompt_dir: str | None = field(default=None, metadata={"help": "Folder with your own templates."})
+    force: bool = field(default=False, metadata={"help": "Rewrite even if the rows are current."})
+
+    def validate(self) -> None:
+        unknown = set(self.splits) - set(schema.SPLITS)
+        if unknown or not self.splits:
+            raise ValueError(f"splits: {sorted(unknown) or 'none'} not among {', '.join(schema.SPLITS)}")
+        if self.history_titles < 0:
+            raise ValueError("history_titles must be >= 0")
+
+
+def recommendation_text(prompt: Prompt, user_text: str, history: list[str], title: str, summary: str) -> str:
+    """The recommender's question for one candidate, as training and scoring both ask it."""
+    return prompt.render(
+        user=f"What we know about the user: {user_text}\n" if user_text else "",
+        history=f"The user's most recent items, oldest first: {'; '.join(history)}\n" if history else "",
+        candidate=f'Title: "{title}".' + (f" Description: {summary}" if summary else ""),
+    )
+
+
+def recommendation_messages(text: str, has_image: bool) -> list[dict]:
+    """The user turn: the candidate's image (if any) first, then the question."""
+    content = ([{"type": "image"}] if has_image else []) + [{"type": "text", "text": text}]
+    return [{"role": "user", "content": content}]
+
+
+def answer_messages(label: int) -> list[dict]:
+    return [{"role": "assistant", "content": [{"type": "text", "text": ANSWERS[label]}]}]
+
+
+class CandidatePrompts:
+    """Everything needed to ask the question for any (example, candidate) of a run."""
+
+    def __init__(self, run: RunDir, cfg: SftDataConfig):
+        run.require(schema.ITEMS_FILE, schema.INTERACTIONS_FILE, schema.EXAMPLES_FILE)
+        self.cfg = cfg
+        self.prompt = load_prompt("recommend", cfg.prompt_dir)
+        items = pd.read_parquet(run.path(schema.ITEMS_FILE), columns=[schema.ITEM, schema.TITLE, schema.IMAGE])
+        self.titles = dict(zip(items[schema.ITEM], items[schema.TITLE]))
+        self.images = {i: p for i, p in zip(items[schema.ITEM], items[schema.IMAGE]) if isinstance(p, str)}
+        self.item_summaries: dict[str, str] = {}
+        if cfg.candidate_summary:
+            run.require(schema.ITEM_SUMMARY_TABLE)
+            table = pd.read_parquet(run.path(schema.ITEM_SUMMARY_TABLE))
+            self.item_summaries = dict(zip(table[schema.ITEM], table[schema.SUMMARY]))
+        self.user_summaries: dict[tuple[str, int], str] = {}
+        if cfg.user_summary:
+            run.require(schema.USER_SUMMARIES_FILE)
+            table = pd.read_parquet(run.path(schema.USER_SUMMARIES_FILE))
+            self.user_summaries = dict(zip(zip(table[schema.USER], table[schema.HISTORY_LEN]), table[schema.SUMMARY]))
+        self.sequences: dict[str, list[str]] = {}
+        if cfg.history_titles:
+            inter = pd.read_parquet(run.path(schema.INTERACTIONS_FILE), columns=[schema.USER, schema.ITEM])
+            self.sequences = inter.groupby(schema.USER, sort=False)[schema.ITEM].agg(list).to_dict()
+
+    def user_part(self, user: str, history_len: int) -> tuple[str, list[str]]:
+        """The preference text and recent titles for a cutoff: only what came before it."""
+        text = ""
+        if self.cfg.user_summary:
+            key = (user, history_len)
+            if key not in self.user_summaries:
+                raise KeyError(f"no user summary for user {user} at cutoff {history_len}: "
+                               "run `msr summarize users` on this run first")
+            text = self.user_summaries[key]
+        recent = []
+        if self.cfg.history_titles:
+            history = self.sequences[user][:history_len]
+            recent = [self.titles[i] for i in history[max(0, history_len - self.cfg.history_titles):]]
+        return text, recent
+
+    def messages(self, user: str, history_len: int, item: str) -> tuple[list[dict], str | None]:
+        """The prompt messages for one candidate, and its image path (None without one)."""
+        text, recent = self.user_part(user, history_len)
+        question = recommendation_text(self.prompt, text, recent, self.titles[item], self.item_summaries.get(item, ""))
+        image = self.images.get(item)
+        return recommendation_messages(question, image is not None), image
+
+
+def candidates(example: dict) -> list[tuple[str, int]]:
+    """(item, label) pairs of an example: the target (1) then its negatives (0)."""
+    return [(example[schema.TARGET], 1)] + [(str(n), 0) for n in example[schema.NEGATIVES]]
+
+
+def write_sft_rows(cfg: SftDataConfig) -> dict:
+    """Write `sft/{split}` datasets; return the row counts per split."""
+    cfg.validate()
+    run = RunDir(cfg.run_dir)
+    digest = config_hash(cfg, exclude=("run_dir", "force"))
+    outputs = [f"{schema.SFT_DIR}/{split}" for split in cfg.splits]
+    if not cfg.force and run.is_current(STAGE, digest):
+        log.info("data sft: rows in %s are current (use --force to redo)", run.path(schema.SFT_DIR))
+        return {split: len(load_sft_split(run.root, split)) for split in cfg.splits}
+    prompts = CandidatePrompts(run, cfg)
+    examples = pd.read_parquet(run.path(schema.EXAMPLES_FILE))
+    counts = {}
+    for split in cfg.splits:
+        rows = []
+        for example in examples[examples[schema.SPLIT] == split].to_dict("records"):
+            for item, label in candidates(example):
+                messages, image = prompts.messages(example[schema.USER], example[schema.HISTORY_LEN], item)
+                rows.append({"images": [image] if image else [], "prompt": messages,
+                             "completion": answer_messages(label), schema.USER: example[schema.USER],
+                             schema.ITEM: item, schema.LABEL: label})
+        if not rows:
+            raise ValueError(f"split {split!r} has no examples in {run.path(schema.EXAMPLES_FILE)}")
+        dataset = datasets.Dataset.from_list(rows).cast_column("images", datasets.List(datasets.Image()))
+        target = run.path(f"{schema.SFT_DIR}/{split}")
+        tmp = target.with_name(f".{split}.partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        dataset.save_to_disk(str(tmp))
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+        counts[split] = len(rows)
+        log.info("data sft: %d %s rows (%d with an image) -> %s", len(rows), split,
+                 sum(1 for r in rows if r["images"]), target)
+    run.record(STAGE, digest, dataclasses.asdict(cfg), outputs)
+    return counts
+
+
+def load_sft_split(run_dir: str | Path, split: str) -> datasets.Dataset:
+    """The rows of one split, written by `msr data sft`."""
+    path = RunDir(run_dir).path(f"{schema.SFT_DIR}/{split}")
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: run `msr data sft --run_dir {run_dir}` first")
+    return datasets.load_from_disk(str(path))

@@ -1,0 +1,126 @@
+"""Supervised fine-tuning of the recommender: TRL's SFTTrainer with LoRA (or QLoRA) adapters.
+
+`recipes/sft.py` is the script users launch (`accelerate launch recipes/sft.py --config ...`);
+this module holds what it does, so the quickstart and the tests run the very same code.
+Completion-only loss comes from TRL itself (prompt/completion rows), the collator is TRL's, the
+adapters are PEFT's. Training resumes from the last checkpoint in `output_dir`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from peft import LoraConfig
+from transformers.trainer_utils import get_last_checkpoint
+from trl import ModelConfig, SFTConfig, SFTTrainer
+
+from msr import __version__
+from msr.data.sft import load_sft_split
+from msr.models import load_model, lora_target_regex
+
+log = logging.getLogger(__name__)
+CARD_FILE = "README.md"
+
+
+@dataclass
+class SftScriptArguments:
+    """Where the rows are (TRL's SFTConfig and ModelConfig hold everything else)."""
+
+    run_dir: str = field(metadata={"help": "Run directory holding sft/{split} (after `msr data sft`)."})
+    train_split: str = field(default="train", metadata={"help": "Rows to train on."})
+    eval_split: str | None = field(default="valid", metadata={"help": "Rows to evaluate the loss on (null: none)."})
+    max_train_rows: int | None = field(default=None, metadata={"help": "Use only the first N training rows."})
+    max_eval_rows: int | None = field(default=None, metadata={"help": "Use only the first N evaluation rows."})
+
+
+def _check(training: SFTConfig, model_cfg: ModelConfig) -> None:
+    if training.max_length is not None:
+        raise ValueError("max_length must be null: truncating an msr row would cut image tokens or the "
+                         "answer itself; bound the prompt with the processor's image size instead")
+    if not model_cfg.model_name_or_path:
+        raise ValueError("model_name_or_path is required")
+    if model_cfg.load_in_4bit and not model_cfg.use_peft:
+        raise ValueError("load_in_4bit (QLoRA) needs use_peft: true; 4-bit weights cannot be trained directly")
+
+
+def peft_config(model_cfg: ModelConfig, model) -> LoraConfig | None:
+    """LoRA on every linear projection of the language model (or `lora_target_modules` if given)."""
+    if not model_cfg.use_peft:
+        return None
+    return LoraConfig(
+        r=model_cfg.lora_r, lora_alpha=model_cfg.lora_alpha, lora_dropout=model_cfg.lora_dropout,
+        target_modules=model_cfg.lora_target_modules or lora_target_regex(model),
+        modules_to_save=model_cfg.lora_modules_to_save, task_type=model_cfg.lora_task_type,
+        use_rslora=model_cfg.use_rslora, use_dora=model_cfg.use_dora)
+
+
+def build_trainer(script: SftScriptArguments, training: SFTConfig, model_cfg: ModelConfig) -> SFTTrainer:
+    """The SFTTrainer for a recipe: rows from the run, the model from msr.models, LoRA on the LM."""
+    _check(training, model_cfg)
+    train_rows = load_sft_split(script.run_dir, script.train_split)
+    eval_rows = load_sft_split(script.run_dir, script.eval_split) if script.eval_split else None
+    if script.max_train_rows:
+        train_rows = train_rows.select(range(min(script.max_train_rows, len(train_rows))))
+    if eval_rows is not None and script.max_eval_rows:
+        eval_rows = eval_rows.select(range(min(script.max_eval_rows, len(eval_rows))))
+    loaded = load_model(model_cfg.model_name_or_path, model_cfg.dtype or "auto",
+                        load_in_4bit=model_cfg.load_in_4bit, trust_remote_code=training.trust_remote_code,
+                        for_training=True)
+    return SFTTrainer(model=loaded.model, args=training, train_dataset=train_rows, eval_dataset=eval_rows,
+                      processing_class=loaded.processor, peft_config=peft_config(model_cfg, loaded.model))
+
+
+def train(script: SftScriptArguments, training: SFTConfig, model_cfg: ModelConfig,
+          trainer: SFTTrainer | None = None) -> Path:
+    """Fine-tune (resuming from the last checkpoint in output_dir), then save the adapter (or model)
+    with its processor and a model card; return the folder."""
+    trainer = trainer or build_trainer(script, training, model_cfg)
+    out = Path(training.output_dir)
+    last = get_last_checkpoint(str(out)) if out.is_dir() else None
+    if last:
+        log.info("resuming from %s", last)
+    start = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=last)
+    trainer.save_model(str(out))
+    metrics = {**result.metrics, "wall_seconds": round(time.perf_counter() - start, 2)}
+    if trainer.eval_dataset is not None:
+        metrics.update(trainer.evaluate())
+    lora = getattr(trainer.model, "peft_config", {}).get("default")
+    write_model_card(out, script, training, model_cfg, lora, len(trainer.train_dataset), metrics)
+    return out
+
+
+def write_model_card(out: Path, script: SftScriptArguments, training: SFTConfig, model_cfg: ModelConfig,
+                     lora: LoraConfig | None, rows: int, metrics: dict) -> None:
+    """README.md beside the weights: base model, data, arguments, metrics (`msr evaluate` adds more)."""
+    arguments = {"script": dataclasses.asdict(script), "model": dataclasses.asdict(model_cfg),
+                 "training": {k: v for k, v in training.to_dict().items() if "token" not in k}}
+    lines = [
+        f"# msr recommender: {Path(model_cfg.model_name_or_path).name}",
+        "",
+        f"- base model: `{model_cfg.model_name_or_path}`",
+        f"- method: MLLM-MSR supervised fine-tuning (Yes/No on a candidate), msr {__version__}",
+        f"- adapter: {'LoRA' if lora else 'none (full fine-tuning)'}"
+        + (f" r={lora.r}, alpha={lora.lora_alpha}, dropout={lora.lora_dropout}, targets `{lora.target_modules}`"
+           + (", 4-bit base (QLoRA)" if model_cfg.load_in_4bit else "") if lora else ""),
+        f"- data: `{script.run_dir}` split `{script.train_split}`, {rows} rows (one per example x candidate)",
+        "",
+        "## Training metrics",
+        "",
+        "```json",
+        json.dumps(metrics, indent=2, sort_keys=True, default=str),
+        "```",
+        "",
+        "## Arguments",
+        "",
+        "```json",
+        json.dumps(arguments, indent=2, sort_keys=True, default=str),
+        "```",
+        "",
+    ]
+    (out / CARD_FILE).write_text("\n".join(lines), encoding="utf-8")
