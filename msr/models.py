@@ -65,11 +65,14 @@ def is_vision_model(name: str, trust_remote_code: bool = False) -> bool:
 
 
 def load_model(name: str, dtype: str = "auto", device: str = "auto", load_in_4bit: bool = False,
-               trust_remote_code: bool = False, for_training: bool = False) -> LoadedModel:
+               trust_remote_code: bool = False, for_training: bool = False,
+               max_pixels: int | None = None) -> LoadedModel:
     """Load a VLM (with its processor) or a text LM (with its tokenizer).
 
     For inference the model is moved to `device` in eval mode; for training it is left where the
-    Trainer (accelerate) will place it. 4-bit loads NF4 weights (QLoRA when trained with LoRA)."""
+    Trainer (accelerate) will place it. 4-bit loads NF4 weights (QLoRA when trained with LoRA).
+    `max_pixels` caps the image size the processor keeps (Qwen2-VL family), hence the number of
+    tokens an image costs; use the same value for training and scoring."""
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     vlm = is_vision_model(name, trust_remote_code)
@@ -83,7 +86,9 @@ def load_model(name: str, dtype: str = "auto", device: str = "auto", load_in_4bi
         if not load_in_4bit:
             model.to(device)
         model.eval()
-    processor = (AutoProcessor if vlm else AutoTokenizer).from_pretrained(name, trust_remote_code=trust_remote_code)
+    extra = {"max_pixels": max_pixels} if vlm and max_pixels else {}
+    processor = (AutoProcessor if vlm else AutoTokenizer).from_pretrained(
+        name, trust_remote_code=trust_remote_code, **extra)
     tokenizer = processor.tokenizer if vlm else processor
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -36,9 +36,23 @@ class SftScriptArguments:
     eval_split: str | None = field(default="valid", metadata={"help": "Rows to evaluate the loss on (null: none)."})
     max_train_rows: int | None = field(default=None, metadata={"help": "Use only the first N training rows."})
     max_eval_rows: int | None = field(default=None, metadata={"help": "Use only the first N evaluation rows."})
+    max_pixels: int | None = field(default=None, metadata={"help": "Cap on an image's pixels for processors "
+                                   "that resize by area (Qwen2-VL family: tokens per image = max_pixels / 784). "
+                                   "Use the same value when scoring."})
+
+
+# ModelConfig fields msr does not implement, with the value that means "not used"
+_UNSUPPORTED = {"model_revision": "main", "attn_implementation": None, "load_in_8bit": False,
+                "use_bnb_nested_quant": False, "bnb_4bit_quant_storage": None, "lora_target_parameters": None,
+                "bnb_4bit_quant_type": "nf4"}
 
 
 def _check(training: SFTConfig, model_cfg: ModelConfig) -> None:
+    """Refuse settings msr would otherwise ignore or that would silently damage a run."""
+    unsupported = [k for k, unused in _UNSUPPORTED.items() if getattr(model_cfg, k) != unused]
+    if unsupported:
+        raise ValueError(f"msr does not support these ModelConfig settings yet: {', '.join(unsupported)}; "
+                         "remove them from the recipe")
     if training.max_length is not None:
         raise ValueError("max_length must be null: truncating an msr row would cut image tokens or the "
                          "answer itself; bound the prompt with the processor's image size instead")
@@ -70,7 +84,7 @@ def build_trainer(script: SftScriptArguments, training: SFTConfig, model_cfg: Mo
         eval_rows = eval_rows.select(range(min(script.max_eval_rows, len(eval_rows))))
     loaded = load_model(model_cfg.model_name_or_path, model_cfg.dtype or "auto",
                         load_in_4bit=model_cfg.load_in_4bit, trust_remote_code=training.trust_remote_code,
-                        for_training=True)
+                        for_training=True, max_pixels=script.max_pixels)
     return SFTTrainer(model=loaded.model, args=training, train_dataset=train_rows, eval_dataset=eval_rows,
                       processing_class=loaded.processor, peft_config=peft_config(model_cfg, loaded.model))
 
@@ -107,6 +121,7 @@ def write_model_card(out: Path, script: SftScriptArguments, training: SFTConfig,
         f"- method: MLLM-MSR supervised fine-tuning (Yes/No on a candidate), msr {__version__}",
         f"- adapter: {'LoRA' if lora else 'none (full fine-tuning)'}"
         + (f" r={lora.r}, alpha={lora.lora_alpha}, dropout={lora.lora_dropout}, targets `{lora.target_modules}`"
+           + (f", also trained in full: {sorted(lora.modules_to_save)}" if lora.modules_to_save else "")
            + (", 4-bit base (QLoRA)" if model_cfg.load_in_4bit else "") if lora else ""),
         f"- data: `{script.run_dir}` split `{script.train_split}`, {rows} rows (one per example x candidate)",
         "",

@@ -94,3 +94,9 @@ def test_refuses_truncation_and_4bit_without_lora(sft_run: dict, tmp_path: Path)
     script, training, model_cfg = _args(sft_run, tmp_path, load_in_4bit=True, use_peft=False)
     with pytest.raises(ValueError, match="needs use_peft"):
         build_trainer(script, training, model_cfg)
+
+
+def test_refuses_model_settings_it_would_ignore(sft_run: dict, tmp_path: Path) -> None:
+    script, training, model_cfg = _args(sft_run, tmp_path, load_in_8bit=True)
+    with pytest.raises(ValueError, match="load_in_8bit"):
+        build_trainer(script, training, model_cfg)

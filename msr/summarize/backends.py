@@ -71,8 +71,8 @@ class TransformersBackend(Backend):
     """A local model, batched with left padding; VLMs get their image, text LMs text only."""
 
     def __init__(self, model: str, batch_size: int = 8, dtype: str = "auto", device: str = "auto",
-                 load_in_4bit: bool = False, trust_remote_code: bool = False):
-        self.loaded = load_model(model, dtype, device, load_in_4bit, trust_remote_code)
+                 load_in_4bit: bool = False, trust_remote_code: bool = False, max_pixels: int | None = None):
+        self.loaded = load_model(model, dtype, device, load_in_4bit, trust_remote_code, max_pixels=max_pixels)
         self.loaded.tokenizer.padding_side = "left"
         self.model_id = model
         self.batch_size = batch_size

@@ -36,6 +36,8 @@ class SummarizeConfig:
     load_in_4bit: bool = field(default=False, metadata={"help": "Load the model in 4 bits (bitsandbytes)."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Run code shipped with the "
                                     "checkpoint. Off unless you trust its authors."})
+    max_pixels: int | None = field(default=None, metadata={"help": "Cap on an image's pixels for processors "
+                                   "that resize by area (Qwen2-VL family)."})
     api_base: str | None = field(default=None, metadata={"help": "OpenAI-compatible server URL, e.g. "
                                  "http://127.0.0.1:8000/v1 (--backend openai)."})
     api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "Name of the environment "
@@ -76,4 +78,4 @@ def make_backend(cfg: SummarizeConfig, model: str) -> Backend:
     from msr.summarize.backends import TransformersBackend
 
     return TransformersBackend(model, cfg.batch_size, cfg.dtype, cfg.device, cfg.load_in_4bit,
-                               cfg.trust_remote_code)
+                               cfg.trust_remote_code, cfg.max_pixels)
