@@ -14,7 +14,7 @@ from msr.data.sft import SftDataConfig, write_sft_rows
 from msr.train import SftScriptArguments, build_trainer, train
 
 # losses logged at steps 1..6 of the pinned run below (tiny LLaVA, seed 0, fp32, CPU)
-PINNED_LOSSES: list[float] = [6.392, 6.3074, 6.1857, 6.0874, 5.9852, 5.9571]
+PINNED_LOSSES: list[float] = [6.3793, 6.2992, 6.1901, 6.1016, 5.9983, 5.9701]
 
 
 @pytest.fixture

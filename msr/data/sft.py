@@ -1,6 +1,6 @@
 """`msr data sft`: examples + summaries -> TRL prompt/completion rows, one per (example, candidate).
 
-`recommendation_messages` is the single place the recommender's question is built: these rows
+`recommendation_parts` / `recommendation_messages` are the single place the recommender's question is built: these rows
 train the model and the scorer asks exactly the same question, so the two can never drift apart
 (in the MLLM-MSR code they did). Each row holds the candidate's image, the user's preference
 text at the example's cutoff, optionally the titles of the last `history_titles` items before
@@ -52,18 +52,27 @@ class SftDataConfig:
             raise ValueError("history_titles must be >= 0")
 
 
-def recommendation_text(prompt: Prompt, user_text: str, history: list[str], title: str, summary: str) -> str:
-    """The recommender's question for one candidate, as training and scoring both ask it."""
-    return prompt.render(
+def recommendation_parts(prompts: tuple[Prompt, Prompt], user_text: str, history: list[str], title: str,
+                         summary: str) -> tuple[str, str]:
+    """The recommender's question for one candidate, as training and scoring both ask it: the user
+    part (shared by all of a user's candidates at one cutoff) and the candidate part."""
+    user_prompt, candidate_prompt = prompts
+    user = user_prompt.render(
         user=f"What we know about the user: {user_text}\n" if user_text else "",
-        history=f"The user's most recent items, oldest first: {'; '.join(history)}\n" if history else "",
-        candidate=f'Title: "{title}".' + (f" Description: {summary}" if summary else ""),
-    )
+        history=f"The user's most recent items, oldest first: {'; '.join(history)}\n" if history else "")
+    candidate = candidate_prompt.render(
+        candidate=f'Title: "{title}".' + (f" Description: {summary}" if summary else ""))
+    return user, candidate
 
 
-def recommendation_messages(text: str, has_image: bool) -> list[dict]:
-    """The user turn: the candidate's image (if any) first, then the question."""
-    content = ([{"type": "image"}] if has_image else []) + [{"type": "text", "text": text}]
+def recommendation_messages(user_part: str, candidate_part: str, has_image: bool) -> list[dict]:
+    """The user turn: the user part, then the candidate's image (if any), then the candidate part.
+
+    The user part comes first so that every candidate of a user shares one token prefix, which
+    the scorer computes once."""
+    content = [{"type": "text", "text": user_part + "\n"}] if user_part else []
+    content += [{"type": "image"}] if has_image else []
+    content.append({"type": "text", "text": candidate_part})
     return [{"role": "user", "content": content}]
 
 
@@ -77,7 +86,7 @@ class CandidatePrompts:
     def __init__(self, run: RunDir, cfg: SftDataConfig):
         run.require(schema.ITEMS_FILE, schema.INTERACTIONS_FILE, schema.EXAMPLES_FILE)
         self.cfg = cfg
-        self.prompt = load_prompt("recommend", cfg.prompt_dir)
+        self.prompts = (load_prompt("recommend_user", cfg.prompt_dir), load_prompt("recommend_candidate", cfg.prompt_dir))
         items = pd.read_parquet(run.path(schema.ITEMS_FILE), columns=[schema.ITEM, schema.TITLE, schema.IMAGE])
         self.titles = dict(zip(items[schema.ITEM], items[schema.TITLE]))
         self.images = {i: p for i, p in zip(items[schema.ITEM], items[schema.IMAGE]) if isinstance(p, str)}
@@ -114,9 +123,10 @@ class CandidatePrompts:
     def messages(self, user: str, history_len: int, item: str) -> tuple[list[dict], str | None]:
         """The prompt messages for one candidate, and its image path (None without one)."""
         text, recent = self.user_part(user, history_len)
-        question = recommendation_text(self.prompt, text, recent, self.titles[item], self.item_summaries.get(item, ""))
+        user_part, candidate_part = recommendation_parts(self.prompts, text, recent, self.titles[item],
+                                                         self.item_summaries.get(item, ""))
         image = self.images.get(item)
-        return recommendation_messages(question, image is not None), image
+        return recommendation_messages(user_part, candidate_part, image is not None), image
 
 
 def candidates(example: dict) -> list[tuple[str, int]]:

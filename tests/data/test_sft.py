@@ -35,16 +35,17 @@ def test_rows_match_examples_and_the_shared_prompt(tiny_run: dict) -> None:
             assert (row[schema.USER], row[schema.ITEM], row[schema.LABEL]) == (example[schema.USER], item, label)
             assert row["completion"][0]["content"][0]["text"] == ("Yes" if label else "No")
             messages, image = prompts.messages(example[schema.USER], example[schema.HISTORY_LEN], item)
-            assert row["prompt"][0]["content"][-1]["text"] == messages[0]["content"][-1]["text"]
+            stored = [{k: v for k, v in part.items() if v is not None} for part in row["prompt"][0]["content"]]
+            assert stored == messages[0]["content"]
             assert len(row["images"]) == (1 if image else 0)
-            assert (row["prompt"][0]["content"][0]["type"] == "image") == bool(image)
+            assert [p["type"] for p in stored] == ["text", "image", "text"] if image else ["text", "text"]
         # the history titles shown are exactly the two interactions before the cutoff
         example = chosen[0]
         seq = inter[inter[schema.USER] == example[schema.USER]].sort_values(schema.POSITION)
         h = example[schema.HISTORY_LEN]
         titles = [prompts.titles[i] for i in seq[schema.ITEM].iloc[h - 2:h]]
-        text = rows[0]["prompt"][0]["content"][-1]["text"]
-        assert f"oldest first: {'; '.join(titles)}\n" in text
+        user_part = rows[0]["prompt"][0]["content"][0]["text"]
+        assert user_part.endswith(f"oldest first: {'; '.join(titles)}\n")
     assert write_sft_rows(cfg) == counts  # current: skipped
 
 
@@ -54,8 +55,9 @@ def test_without_summaries_and_clear_errors(tiny_run: dict) -> None:
     examples = pd.read_parquet(Path(cfg.run_dir) / schema.EXAMPLES_FILE)
     test = examples[examples[schema.SPLIT] == "test"]
     assert counts["test"] == sum(1 + len(n) for n in test[schema.NEGATIVES])
-    text = load_sft_split(cfg.run_dir, "test")[0]["prompt"][0]["content"][-1]["text"]
-    assert "What we know about the user" not in text and "Description:" not in text
+    content = load_sft_split(cfg.run_dir, "test")[0]["prompt"][0]["content"]
+    assert [p["type"] for p in content][-1] == "text" and content[0]["type"] != "text"  # no user part at all
+    assert "Description:" not in content[-1]["text"]
     with pytest.raises(FileNotFoundError, match="user_summaries.parquet"):
         write_sft_rows(SftDataConfig(run_dir=str(tiny_run["run"]), candidate_summary=False))
     with pytest.raises(ValueError, match="splits"):
