@@ -46,6 +46,14 @@ def _summarize_users(argv: Sequence[str]) -> None:
     print(json.dumps(summarize_users(parse_config(SummarizeConfig, argv, prog="msr summarize users"))))
 
 
+def _score(argv: Sequence[str]) -> None:
+    from msr.score_split import ScoreConfig, score_split
+
+    table = score_split(parse_config(ScoreConfig, argv, prog="msr score"))
+    if len(table):
+        print(f"{len(table)} candidates scored")
+
+
 def _tiny(argv: Sequence[str]) -> None:
     from msr.tiny import TinyConfig, build_from_config
 
@@ -68,6 +76,7 @@ COMMANDS: list[tuple[tuple[str, ...], str, Callable[[Sequence[str]], None]]] = [
     (("data", "sft"), "examples + summaries -> TRL prompt/completion rows (train with recipes/sft.py)", _data_sft),
     (("summarize", "items"), "one paragraph per item from its image and text (VLM), cached", _summarize_items),
     (("summarize", "users"), "each example's preference text, folded block by block in time order", _summarize_users),
+    (("score",), "P(Yes) for every candidate of a split (one forward per batch, shared prefix reused)", _score),
     (("tiny",), "build a tiny random VLM or text LM offline (tests, quickstart)", _tiny),
 ]
 

@@ -66,13 +66,14 @@ def is_vision_model(name: str, trust_remote_code: bool = False) -> bool:
 
 def load_model(name: str, dtype: str = "auto", device: str = "auto", load_in_4bit: bool = False,
                trust_remote_code: bool = False, for_training: bool = False,
-               max_pixels: int | None = None) -> LoadedModel:
+               max_pixels: int | None = None, adapter: str | None = None) -> LoadedModel:
     """Load a VLM (with its processor) or a text LM (with its tokenizer).
 
     For inference the model is moved to `device` in eval mode; for training it is left where the
     Trainer (accelerate) will place it. 4-bit loads NF4 weights (QLoRA when trained with LoRA).
     `max_pixels` caps the image size the processor keeps (Qwen2-VL family), hence the number of
-    tokens an image costs; use the same value for training and scoring."""
+    tokens an image costs; use the same value for training and scoring. `adapter` loads a saved
+    PEFT (LoRA) adapter on top, for inference."""
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     vlm = is_vision_model(name, trust_remote_code)
@@ -82,6 +83,10 @@ def load_model(name: str, dtype: str = "auto", device: str = "auto", load_in_4bi
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch_dtype)
         kwargs["device_map"] = {"": device}
     model = (AutoModelForImageTextToText if vlm else AutoModelForCausalLM).from_pretrained(name, **kwargs)
+    if adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter)
     if not for_training:
         if not load_in_4bit:
             model.to(device)
@@ -92,8 +97,8 @@ def load_model(name: str, dtype: str = "auto", device: str = "auto", load_in_4bi
     tokenizer = processor.tokenizer if vlm else processor
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    log.info("loaded %s (%s, %s, %s%s)", name, "VLM" if vlm else "LM", device, torch_dtype,
-             ", 4-bit" if load_in_4bit else "")
+    log.info("loaded %s%s (%s, %s, %s%s)", name, f" + adapter {adapter}" if adapter else "",
+             "VLM" if vlm else "LM", device, torch_dtype, ", 4-bit" if load_in_4bit else "")
     return LoadedModel(model, processor, tokenizer, vlm, name)
 
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 from peft import PeftModel
-from transformers import AutoModelForImageTextToText
 from trl import ModelConfig, SFTConfig
 
 from msr.data.sft import SftDataConfig, write_sft_rows
+from msr.models import load_model
 from msr.train import SftScriptArguments, build_trainer, train
 
 # losses logged at steps 1..6 of the pinned run below (tiny LLaVA, seed 0, fp32, CPU)
@@ -56,8 +56,8 @@ def test_lora_only_training_with_pinned_losses(sft_run: dict, tmp_path: Path) ->
     trainer.model.eval()
     with torch.no_grad():
         expected = trainer.model(**batch).logits
-        base = AutoModelForImageTextToText.from_pretrained(sft_run["vlm"], dtype=torch.float32)
-        reloaded = PeftModel.from_pretrained(base, out).eval()
+        reloaded = load_model(sft_run["vlm"], "float32", "cpu", adapter=str(out)).model
+        assert isinstance(reloaded, PeftModel)
         assert torch.allclose(reloaded(**batch).logits, expected, atol=1e-5)
     assert "## Training metrics" in (out / "README.md").read_text()
 

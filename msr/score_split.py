@@ -1,0 +1,101 @@
+"""`msr score`: P(Yes) for every candidate of every example of a split -> a scores table.
+
+The question is the one training asked: the prompt settings come from the run's `data.sft`
+stage. Results are appended per example and flushed, so an interrupted run resumes. Under
+`accelerate launch` each process scores every n-th example into its own shard and the main
+process merges them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import pandas as pd
+import pyarrow as pa
+from accelerate import PartialState
+from tqdm.auto import tqdm
+
+from msr import schema
+from msr.data.sft import STAGE as SFT_STAGE
+from msr.data.sft import CandidatePrompts, SftDataConfig, candidates
+from msr.models import load_model
+from msr.rundir import JsonlLog, RunDir, write_parquet
+from msr.score import Scorer
+
+log = logging.getLogger(__name__)
+P_YES = "p_yes"
+
+
+@dataclass
+class ScoreConfig:
+    """Which model scores which split."""
+
+    run_dir: str = field(metadata={"help": "Run directory (after `msr data sft`)."})
+    model: str = field(metadata={"help": "Base model (path or id)."})
+    adapter: str | None = field(default=None, metadata={"help": "LoRA adapter folder from recipes/sft.py "
+                                "(none: the base model, zero-shot)."})
+    split: str = field(default="test", metadata={"help": "Examples to score."})
+    output: str = field(default="scores.parquet", metadata={"help": "Scores file, inside the run directory."})
+    batch_size: int = field(default=32, metadata={"help": "Candidates per forward pass."})
+    prefix_reuse: bool = field(default=True, metadata={"help": "Prefill each example's shared user prefix once."})
+    max_examples: int | None = field(default=None, metadata={"help": "Score only the first N examples."})
+    dtype: str = field(default="auto", metadata={"help": "auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16."})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda (under accelerate: its device)."})
+    load_in_4bit: bool = field(default=False, metadata={"help": "Load the base model in 4 bits."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Run code shipped with the checkpoint."})
+    max_pixels: int | None = field(default=None, metadata={"help": "As in training (Qwen2-VL family)."})
+
+    def validate(self) -> None:
+        if self.split not in schema.SPLITS:
+            raise ValueError(f"split: {self.split!r} is not one of {', '.join(schema.SPLITS)}")
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+
+
+def _prompt_settings(run: RunDir) -> SftDataConfig:
+    entry = run.manifest()["stages"].get(SFT_STAGE)
+    if entry is None:
+        raise FileNotFoundError(f"{run.root}: no `msr data sft` stage recorded; run it first so scoring asks "
+                                "the question training asked")
+    return SftDataConfig(**entry["config"])
+
+
+def score_split(cfg: ScoreConfig) -> pd.DataFrame:
+    """Score the split (resuming), merge the shards, write `cfg.output`; return the table."""
+    cfg.validate()
+    run = RunDir(cfg.run_dir)
+    state = PartialState()
+    prompts = CandidatePrompts(run, _prompt_settings(run))
+    examples = pd.read_parquet(run.path(schema.EXAMPLES_FILE))
+    examples = examples[examples[schema.SPLIT] == cfg.split].head(cfg.max_examples).to_dict("records")
+    stem = cfg.output.removesuffix(".parquet")
+    shard = JsonlLog(run.path(f"{stem}.{state.process_index}.jsonl"), key="key")
+    mine = [e for n, e in enumerate(examples) if n % state.num_processes == state.process_index]
+    todo = [e for e in mine if f"{e[schema.USER]}:{e[schema.HISTORY_LEN]}" not in shard]
+    if todo:
+        device = str(state.device) if state.num_processes > 1 else cfg.device
+        loaded = load_model(cfg.model, cfg.dtype, device, cfg.load_in_4bit, cfg.trust_remote_code,
+                            max_pixels=cfg.max_pixels, adapter=cfg.adapter)
+        scorer = Scorer(loaded, cfg.prefix_reuse, cfg.batch_size)
+        for e in tqdm(todo, desc=f"scoring {cfg.split}", unit="example", disable=not state.is_local_main_process):
+            items = candidates(e)
+            asked = [prompts.messages(e[schema.USER], e[schema.HISTORY_LEN], item) for item, _ in items]
+            p_yes = scorer.score([m for m, _ in asked], [image for _, image in asked])
+            shard.append([{"key": f"{e[schema.USER]}:{e[schema.HISTORY_LEN]}", schema.USER: e[schema.USER],
+                           schema.HISTORY_LEN: int(e[schema.HISTORY_LEN]), "items": [i for i, _ in items],
+                           "labels": [label for _, label in items], P_YES: p_yes.tolist()}])
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return pd.DataFrame()
+    wanted = {f"{e[schema.USER]}:{e[schema.HISTORY_LEN]}" for e in examples}
+    records = {}
+    for rank in range(state.num_processes):
+        records.update(JsonlLog(run.path(f"{stem}.{rank}.jsonl"), key="key").records)
+    rows = [(r[schema.USER], r[schema.HISTORY_LEN], item, label, p)
+            for key, r in sorted(records.items()) if key in wanted
+            for item, label, p in zip(r["items"], r["labels"], r[P_YES])]
+    table = pd.DataFrame(rows, columns=[schema.USER, schema.HISTORY_LEN, schema.ITEM, schema.LABEL, P_YES])
+    write_parquet(run.path(cfg.output), pa.Table.from_pandas(table, preserve_index=False))
+    log.info("scored %d candidates of %d %s examples -> %s", len(table), len(wanted), cfg.split, run.path(cfg.output))
+    return table

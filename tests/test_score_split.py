@@ -1,0 +1,44 @@
+"""`msr score`: every candidate of a split scored with training's prompt settings, resumably."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from msr import schema
+from msr.data.sft import SftDataConfig, write_sft_rows
+from msr.score_split import P_YES, ScoreConfig, score_split
+
+
+@pytest.fixture
+def scored_run(tiny_run: dict) -> dict:
+    write_sft_rows(SftDataConfig(run_dir=str(tiny_run["run"]), user_summary=False, candidate_summary=False,
+                                 history_titles=3, splits=["train"]))
+    return tiny_run
+
+
+def test_scores_every_candidate_and_resumes(scored_run: dict) -> None:
+    run = Path(scored_run["run"])
+    cfg = ScoreConfig(run_dir=str(run), model=scored_run["vlm"], device="cpu", dtype="float32", max_examples=3)
+    assert len(score_split(cfg)) > 0
+    shard = run / "scores.0.jsonl"
+    assert len(shard.read_text().splitlines()) == 3
+    cfg.max_examples = None
+    table = score_split(cfg)  # resumes: the 3 scored examples are not scored again
+    keys = [json.loads(line)["key"] for line in shard.read_text().splitlines()]
+    examples = pd.read_parquet(run / schema.EXAMPLES_FILE)
+    test = examples[examples[schema.SPLIT] == "test"]
+    assert len(keys) == len(set(keys)) == len(test)
+    assert len(table) == sum(1 + len(n) for n in test[schema.NEGATIVES])
+    per_example = table.groupby([schema.USER, schema.HISTORY_LEN])[schema.LABEL].agg(["sum", "size"])
+    assert (per_example["sum"] == 1).all()
+    assert table[P_YES].between(0, 1).all()
+    assert pd.read_parquet(run / "scores.parquet").equals(table)
+
+
+def test_needs_the_sft_stage(tiny_run: dict) -> None:
+    with pytest.raises(FileNotFoundError, match="msr data sft"):
+        score_split(ScoreConfig(run_dir=str(tiny_run["run"]), model=tiny_run["vlm"]))
