@@ -54,6 +54,13 @@ def _score(argv: Sequence[str]) -> None:
         print(f"{len(table)} candidates scored")
 
 
+def _evaluate(argv: Sequence[str]) -> None:
+    from msr.evaluate import EvaluateConfig, evaluate, report
+
+    cfg = parse_config(EvaluateConfig, argv, prog="msr evaluate")
+    print(report(evaluate(cfg), cfg.ks))
+
+
 def _tiny(argv: Sequence[str]) -> None:
     from msr.tiny import TinyConfig, build_from_config
 
@@ -77,6 +84,8 @@ COMMANDS: list[tuple[tuple[str, ...], str, Callable[[Sequence[str]], None]]] = [
     (("summarize", "items"), "one paragraph per item from its image and text (VLM), cached", _summarize_items),
     (("summarize", "users"), "each example's preference text, folded block by block in time order", _summarize_users),
     (("score",), "P(Yes) for every candidate of a split (one forward per batch, shared prefix reused)", _score),
+    (("evaluate",), "scores -> AUC, HR/NDCG/MRR@K per method beside random, popularity and oracle baselines",
+     _evaluate),
     (("tiny",), "build a tiny random VLM or text LM offline (tests, quickstart)", _tiny),
 ]
 

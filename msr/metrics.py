@@ -56,6 +56,18 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+def roc_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(false positive rates, true positive rates) at every distinct threshold, from (0, 0) to (1, 1)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels).astype(bool)
+    order = np.argsort(-scores, kind="mergesort")
+    scores, labels = scores[order], labels[order]
+    last_of_tie = np.r_[scores[1:] != scores[:-1], True]
+    tp = np.cumsum(labels)[last_of_tie]
+    fp = np.cumsum(~labels)[last_of_tie]
+    return np.r_[0.0, fp / max(fp[-1], 1)], np.r_[0.0, tp / max(tp[-1], 1)]
+
+
 def ranking_metrics(groups: Iterable[tuple[np.ndarray, np.ndarray]], ks: Sequence[int] = DEFAULT_KS) -> dict:
     """Mean HR@K, NDCG@K, MRR@K and per-user AUC over users, plus AUC over all pairs pooled.
 

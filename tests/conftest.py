@@ -60,7 +60,7 @@ def tiny_run_template(tmp_path_factory: pytest.TempPathFactory) -> dict:
     import pandas as pd
 
     titles = pd.read_parquet(run / "items.parquet")["title"].tolist()
-    return {"run": run, "vlm": str(build_tiny_vlm(root / "vlm", "llava", titles)),
+    return {"run": run, "raw": raw, "vlm": str(build_tiny_vlm(root / "vlm", "llava", titles)),
             "lm": str(build_tiny_lm(root / "lm", titles))}
 
 
