@@ -1,15 +1,19 @@
 """`msr score`: P(Yes) for every candidate of every example of a split -> a scores table.
 
 The question is the one training asked: the prompt settings come from the run's `data.sft`
-stage. Results are appended per example and flushed, so an interrupted run resumes. Under
+stage. Results are appended per example and flushed to shards named by a fingerprint of the
+model, adapter and settings, so an interrupted run resumes and a changed model starts afresh. Under
 `accelerate launch` each process scores every n-th example into its own shard and the main
 process merges them.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
@@ -22,6 +26,7 @@ from msr.data.sft import CandidatePrompts, SftDataConfig, candidates
 from msr.models import load_model
 from msr.rundir import JsonlLog, RunDir, write_parquet
 from msr.score import Scorer
+from msr.summarize.items import digest
 
 log = logging.getLogger(__name__)
 P_YES = "p_yes"
@@ -61,15 +66,28 @@ def _prompt_settings(run: RunDir) -> SftDataConfig:
     return SftDataConfig(**entry["config"])
 
 
+def _fingerprint(cfg: ScoreConfig, settings: SftDataConfig) -> str:
+    """What the scores depend on: model, adapter weights, prompt and precision settings. Resumed
+    records are reused only under the same fingerprint, so a retrained adapter is scored afresh."""
+    weights = []
+    for folder in (cfg.model, cfg.adapter):
+        if folder and Path(folder).is_dir():
+            weights += [(f.name, hashlib.sha256(f.read_bytes()).hexdigest() if f.stat().st_size < 2**30
+                         else f.stat().st_size) for f in sorted(Path(folder).glob("*.safetensors"))]
+    return digest(cfg.model, cfg.adapter, weights, dataclasses.asdict(settings), cfg.dtype, cfg.load_in_4bit,
+                  cfg.max_pixels)[:12]
+
+
 def score_split(cfg: ScoreConfig) -> pd.DataFrame:
     """Score the split (resuming), merge the shards, write `cfg.output`; return the table."""
     cfg.validate()
     run = RunDir(cfg.run_dir)
     state = PartialState()
-    prompts = CandidatePrompts(run, _prompt_settings(run))
+    settings = _prompt_settings(run)
+    prompts = CandidatePrompts(run, settings)
     examples = pd.read_parquet(run.path(schema.EXAMPLES_FILE))
     examples = examples[examples[schema.SPLIT] == cfg.split].head(cfg.max_examples).to_dict("records")
-    stem = cfg.output.removesuffix(".parquet")
+    stem = f"{cfg.output.removesuffix('.parquet')}.{_fingerprint(cfg, settings)}"
     shard = JsonlLog(run.path(f"{stem}.{state.process_index}.jsonl"), key="key")
     mine = [e for n, e in enumerate(examples) if n % state.num_processes == state.process_index]
     todo = [e for e in mine if f"{e[schema.USER]}:{e[schema.HISTORY_LEN]}" not in shard]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -24,7 +25,7 @@ def test_scores_every_candidate_and_resumes(scored_run: dict) -> None:
     run = Path(scored_run["run"])
     cfg = ScoreConfig(run_dir=str(run), model=scored_run["vlm"], device="cpu", dtype="float32", max_examples=3)
     assert len(score_split(cfg)) > 0
-    shard = run / "scores.0.jsonl"
+    (shard,) = run.glob("scores.*.0.jsonl")
     assert len(shard.read_text().splitlines()) == 3
     cfg.max_examples = None
     table = score_split(cfg)  # resumes: the 3 scored examples are not scored again
@@ -42,3 +43,19 @@ def test_scores_every_candidate_and_resumes(scored_run: dict) -> None:
 def test_needs_the_sft_stage(tiny_run: dict) -> None:
     with pytest.raises(FileNotFoundError, match="msr data sft"):
         score_split(ScoreConfig(run_dir=str(tiny_run["run"]), model=tiny_run["vlm"]))
+
+
+def test_a_changed_adapter_is_scored_afresh(scored_run: dict, tmp_path: Path) -> None:
+    run = Path(scored_run["run"])
+    cfg = ScoreConfig(run_dir=str(run), model=scored_run["vlm"], device="cpu", dtype="float32", max_examples=2)
+    base = score_split(cfg)
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    model = AutoModelForImageTextToText.from_pretrained(scored_run["vlm"])
+    adapted = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj"], init_lora_weights=False))
+    adapted.save_pretrained(tmp_path / "adapter")
+    cfg.adapter = str(tmp_path / "adapter")
+    changed = score_split(cfg)
+    assert len(list(run.glob("scores.*.0.jsonl"))) == 2  # a second fingerprint, not the old records
+    assert not np.allclose(changed[P_YES], base[P_YES])
