@@ -1,4 +1,4 @@
-"""`msr quickstart`: every stage that exists, on the embedded dataset, offline, on CPU.
+"""`msr quickstart`: every stage on the embedded dataset, offline, on CPU.
 
 Each step is resumable: the generator is idempotent, `prepare` skips when current, models
 already built for this run's data are reused, and summaries come from their caches. Re-running
@@ -16,6 +16,8 @@ from msr import schema
 from msr.config import config_hash
 from msr.data.prepare import PrepareConfig, prepare
 from msr.data.sft import SftDataConfig, write_sft_rows
+from msr.evaluate import REPORT_FILE, EvaluateConfig, evaluate, report
+from msr.score_split import ScoreConfig, score_split
 from msr.data.synthetic import COVERS_DIR, PAIRS_FILE, TITLES_FILE, SynthConfig, generate
 from msr.rundir import RunDir
 from msr.summarize.config import SummarizeConfig
@@ -71,10 +73,17 @@ def quickstart(cfg: QuickstartConfig) -> dict:
     summaries = {"items": summarize_items(summarize), "users": summarize_users(summarize)}
     rows = write_sft_rows(SftDataConfig(run_dir=str(run.root), history_titles=cfg.history_titles))
     adapter = _train(run, cfg, models["vlm"])
+    for output, weights in (("scores.parquet", str(adapter)), ("scores_zero_shot.parquet", None)):
+        score_split(ScoreConfig(run_dir=str(run.root), model=models["vlm"], adapter=weights, output=output,
+                                dtype="float32", device="cpu"))
+    metrics = evaluate(EvaluateConfig(run_dir=str(run.root),
+                                      methods=["sft=scores.parquet", "zero_shot=scores_zero_shot.parquet"]))
     elapsed = time.perf_counter() - start
     _print_summary(run.root, stats, models, summaries, rows, adapter, elapsed)
+    print("\n" + report(metrics, EvaluateConfig(run_dir=str(run.root)).ks))
+    print(f"report: {run.path(REPORT_FILE)}  (ROC plot and metrics.json beside it)")
     return {"stats": stats, "models": models, "summaries": summaries, "sft_rows": rows, "adapter": str(adapter),
-            "seconds": elapsed}
+            "metrics": metrics, "seconds": elapsed}
 
 
 def _train(run: RunDir, cfg: QuickstartConfig, model: str) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -30,11 +31,16 @@ def test_bad_key_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture)
     assert main(["tiny", "--out_dir", str(tmp_path), "--family", "qwen"]) == 2
 
 
+@pytest.mark.slow
 def test_quickstart_runs_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     run = tmp_path / "qs"
     args = ["quickstart", "--run_dir", str(run), "--num_users", "60", "--num_items", "60"]
     assert main(args) == 0
-    assert "msr quickstart: done" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "msr quickstart: done" in printed and "| popularity |" in printed
+    metrics = json.loads((run / "metrics.json").read_text())["methods"]
+    assert set(metrics) == {"sft", "zero_shot", "random", "popularity", "oracle"}
+    assert metrics["oracle"]["auc"] > 0.8
     examples = pd.read_parquet(run / schema.EXAMPLES_FILE)
     assert set(examples[schema.SPLIT]) == {"train", "valid", "test"}
     assert AutoModelForImageTextToText.from_pretrained(run / "models" / "vlm") is not None
