@@ -57,24 +57,17 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from transformers import (
-    AutoModelForImageTextToText,
-    CLIPImageProcessorPil,
-    CLIPVisionConfig,
-    LlamaConfig,
-    LlavaConfig,
-    LlavaProcessor,
-)
 from transformers.utils import logging as hf_logging
 
 from msr.data.sft import recommendation_messages, recommendation_parts
 from msr.models import load_model
 from msr.prompts import load_prompt
 from msr.score import Scorer
-from msr.tiny import IMAGE_SIZE, PATCH_SIZE, train_tokenizer
+from msr.tiny import IMAGE_SIZE, PATCH_SIZE
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sft_throughput import _SUMMARY, _cover_jpeg, _fill, _title, _user_text, matmul_ms  # noqa: E402
+from common import matmul_ms  # noqa: E402
+from sft_throughput import _SUMMARY, _cover_jpeg, _fill, _title, _user_text, build_vlm  # noqa: E402
 
 # --------------------------------------------------------------------------- prompts
 
@@ -108,31 +101,6 @@ def make_users(root: Path, args: argparse.Namespace) -> tuple[list[tuple[list[li
 # --------------------------------------------------------------------------- model
 
 
-def build_vlm(out_dir: Path, texts: list[str], args: argparse.Namespace) -> int:
-    """A random LLaVA with msr.tiny's tokenizer, processor and vision tower but a larger Llama; returns its size."""
-    tokenizer = train_tokenizer(texts, "llava", vocab_size=args.vocab_size)
-    text_config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=args.hidden, intermediate_size=args.intermediate,
-        num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.heads,
-        max_position_embeddings=2048, pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                              image_size=IMAGE_SIZE, patch_size=PATCH_SIZE)
-    config = LlavaConfig(text_config=text_config, vision_config=vision,
-                         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-                         image_seq_length=(IMAGE_SIZE // PATCH_SIZE) ** 2,
-                         vision_feature_select_strategy="default", vision_feature_layer=-1)
-    processor = LlavaProcessor(
-        image_processor=CLIPImageProcessorPil(size={"shortest_edge": IMAGE_SIZE},
-                                              crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}),
-        tokenizer=tokenizer, patch_size=PATCH_SIZE, vision_feature_select_strategy="default",
-        num_additional_image_tokens=1, chat_template=tokenizer.chat_template)
-    with torch.random.fork_rng():
-        torch.manual_seed(args.seed)
-        model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
-    model.save_pretrained(out_dir)
-    processor.save_pretrained(out_dir)
-    return sum(p.numel() for p in model.parameters())
 
 
 # --------------------------------------------------------------------------- methods

@@ -90,6 +90,7 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 from trl import ModelConfig, SFTConfig, SFTTrainer
 
+from common import matmul_ms  # noqa: E402  (bench/ is on sys.path when run as a script)
 from msr.data.sft import answer_messages, recommendation_messages, recommendation_parts
 from msr.data.synthetic import ADJECTIVES, CATEGORIES, COLOURS, PATTERNS, TITLE_TEMPLATES
 from msr.models import load_model
@@ -207,15 +208,6 @@ def build_vlm(out_dir: Path, texts: list[str], args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- timing
 
 
-def matmul_ms(rows: int = 16, repeats: int = 50) -> float:
-    """Milliseconds of one (rows x 512) @ (512 x 1536) fp32 product at the current thread count: a
-    probe of the machine's state (a few ms instead of ~0.2 means contended or stalled threads)."""
-    a, b = torch.randn(rows, 512), torch.randn(512, 1536)
-    a @ b
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    return round((time.perf_counter() - t0) / repeats * 1e3, 3)
 
 
 class StepClock(TrainerCallback):

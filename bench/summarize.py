@@ -40,6 +40,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig
 from transformers.utils import logging as hf_logging
 
 from msr import schema
+from common import matmul_ms  # noqa: E402  (bench/ is on sys.path when run as a script)
 from msr.data.prepare import PrepareConfig, prepare
 from msr.data.synthetic import (
     CATEGORIES,
@@ -132,15 +133,6 @@ def build_text_model(out_dir: Path, texts: list[str], hidden: int, layers: int, 
     return sum(p.numel() for p in model.parameters())
 
 
-def matmul_ms(rows: int = 16, repeats: int = 50) -> float:
-    """Milliseconds of one (rows x 512) @ (512 x 1536) fp32 product at the current thread count: a
-    probe of the machine's state (a few ms instead of ~0.2 means contended or stalled threads)."""
-    a, b = torch.randn(rows, 512), torch.randn(512, 1536)
-    a @ b
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    return round((time.perf_counter() - t0) / repeats * 1e3, 3)
 
 
 def batched_speedup(root: Path, run_dir: Path, descriptions: dict[str, str], args: argparse.Namespace) -> dict:

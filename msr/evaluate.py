@@ -10,7 +10,6 @@ candidate with every method's score), report.md and roc.png.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
