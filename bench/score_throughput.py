@@ -66,8 +66,7 @@ from msr.score import Scorer
 from msr.tiny import IMAGE_SIZE, PATCH_SIZE
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import matmul_ms  # noqa: E402
-from sft_throughput import _SUMMARY, _cover_jpeg, _fill, _title, _user_text, build_vlm  # noqa: E402
+from common import _SUMMARY, _cover_jpeg, _fill, _title, _user_text, build_vlm, matmul_ms  # noqa: E402
 
 # --------------------------------------------------------------------------- prompts
 
