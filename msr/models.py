@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator, Sequence
 
 import torch
 from transformers import (
@@ -38,6 +38,23 @@ class LoadedModel:
     tokenizer: Any
     is_vlm: bool
     name: str
+
+    def chat_inputs(self, conversations: list[list[dict]]) -> Any:
+        """Padded model inputs for conversations rendered with the generation prompt (image parts
+        carry their PIL image), on the model's device. Padding side is the tokenizer's."""
+        padding = {"processor_kwargs": {"padding": True}} if self.is_vlm else {"padding": True}
+        return self.processor.apply_chat_template(
+            conversations, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt",
+            **padding).to(self.model.device)
+
+
+def image_batches(has_image: Sequence[bool], size: int) -> Iterator[list[int]]:
+    """Indices in batches of at most `size` that never mix prompts with and without an image
+    (a processor wants one input shape per batch)."""
+    for with_image in (True, False):
+        idx = [i for i, flag in enumerate(has_image) if bool(flag) == with_image]
+        for lo in range(0, len(idx), size):
+            yield idx[lo:lo + size]
 
 
 def resolve_device(device: str = "auto") -> str:

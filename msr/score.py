@@ -14,10 +14,10 @@ from __future__ import annotations
 import logging
 import numpy as np
 import torch
-from PIL import Image
 
 from msr.data.sft import answer_messages, recommendation_messages
-from msr.models import LoadedModel
+from msr.data.images import load_rgb
+from msr.models import LoadedModel, image_batches
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +63,6 @@ def _multimodal_ids(loaded: LoadedModel) -> set[int]:
     return ids
 
 
-def _load_rgb(path: str) -> Image.Image:
-    with Image.open(path) as img:
-        return img.convert("RGB")
-
-
 class Scorer:
     """Scores candidate batches of one model (with or without a LoRA adapter loaded on it)."""
 
@@ -87,23 +82,17 @@ class Scorer:
     def score(self, conversations: list[list[dict]], images: list[str | None]) -> np.ndarray:
         """P(Yes) for each conversation (candidates of one example, sharing their user part)."""
         out = np.empty(len(conversations), dtype=np.float64)
-        for with_image in (True, False):  # one shape of processor input per batch
-            idx = [i for i, img in enumerate(images) if bool(img) == with_image]
-            for lo in range(0, len(idx), self.batch_size):
-                chunk = idx[lo:lo + self.batch_size]
-                out[chunk] = self._batch([conversations[i] for i in chunk], [images[i] for i in chunk])
+        for chunk in image_batches(images, self.batch_size):
+            out[chunk] = self._batch([conversations[i] for i in chunk], [images[i] for i in chunk])
         return out
 
     def _inputs(self, conversations: list[list[dict]], images: list[str | None]) -> dict:
         filled = []
         for messages, image in zip(conversations, images):
-            content = [dict(part, image=_load_rgb(image)) if part["type"] == "image" else part
+            content = [dict(part, image=load_rgb(image)) if part["type"] == "image" else part
                        for part in messages[0]["content"]]
             filled.append([{"role": "user", "content": content}])
-        padding = {"processor_kwargs": {"padding": True}} if self.loaded.is_vlm else {"padding": True}
-        return self.loaded.processor.apply_chat_template(
-            filled, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt",
-            **padding).to(self.loaded.model.device)
+        return self.loaded.chat_inputs(filled)
 
     @torch.inference_mode()
     def _batch(self, conversations: list[list[dict]], images: list[str | None]) -> np.ndarray:

@@ -64,6 +64,12 @@ def check_image(path: Path | None) -> str:
     return OK
 
 
+def load_rgb(path: str | Path) -> Image.Image:
+    """An image file as an RGB PIL image, the file closed."""
+    with Image.open(path) as img:
+        return img.convert("RGB")
+
+
 def verify_images(paths: Sequence[Path | None], verify: bool = True,
                   workers: int = 4) -> tuple[list[str | None], Counter]:
     """Check every path; return the usable absolute paths (None where unusable) and counts by reason.

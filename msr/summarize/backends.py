@@ -16,10 +16,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image
 
-from msr.data.images import MAX_IMAGE_BYTES
-from msr.models import load_model
+from msr.data.images import MAX_IMAGE_BYTES, load_rgb
+from msr.models import image_batches, load_model
 
 log = logging.getLogger(__name__)
 
@@ -81,26 +80,19 @@ class TransformersBackend(Backend):
         if not self.loaded.is_vlm and any(r.image for r in requests):
             raise ValueError(f"{self.model_id} is a text-only model; it cannot read images")
         out = [""] * len(requests)
-        # batches never mix prompts with and without an image (processors want one shape per batch)
-        for with_image in (True, False):
-            idx = [i for i, r in enumerate(requests) if bool(r.image) == with_image]
-            for lo in range(0, len(idx), self.batch_size):
-                chunk = idx[lo:lo + self.batch_size]
-                for i, text in zip(chunk, self._batch([requests[i] for i in chunk], settings)):
-                    out[i] = text
+        for chunk in image_batches([r.image for r in requests], self.batch_size):
+            for i, text in zip(chunk, self._batch([requests[i] for i in chunk], settings)):
+                out[i] = text
         return out
 
     @torch.inference_mode()
     def _batch(self, requests: list[Request], settings: GenerationSettings) -> list[str]:
         conversations = []
         for r in requests:
-            content = [{"type": "image", "image": _load_rgb(r.image)}] if r.image else []
+            content = [{"type": "image", "image": load_rgb(r.image)}] if r.image else []
             content.append({"type": "text", "text": r.prompt})
             conversations.append([{"role": "user", "content": content if self.loaded.is_vlm else r.prompt}])
-        padding = {"processor_kwargs": {"padding": True}} if self.loaded.is_vlm else {"padding": True}
-        inputs = self.loaded.processor.apply_chat_template(
-            conversations, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt",
-            **padding).to(self.loaded.model.device)
+        inputs = self.loaded.chat_inputs(conversations)
         if settings.do_sample:
             torch.manual_seed(settings.seed)
         sampling = {"temperature": settings.temperature, "top_p": settings.top_p} if settings.do_sample else {}
@@ -109,11 +101,6 @@ class TransformersBackend(Backend):
             pad_token_id=self.loaded.tokenizer.pad_token_id, **sampling)
         new_tokens = generated[:, inputs["input_ids"].shape[1]:]
         return [t.strip() for t in self.loaded.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
-
-
-def _load_rgb(path: Path) -> Image.Image:
-    with Image.open(path) as img:
-        return img.convert("RGB")
 
 
 def image_data_url(path: Path) -> str:
