@@ -1,7 +1,8 @@
 """`msr evaluate`: scored candidates -> metrics per method, side by side with baselines.
 
 Every method is measured on the very same candidates (each example's target and negatives):
-the scored tables of `msr score` (the fine-tuned model, the zero-shot base model, ...) and the
+the scored tables of `msr score` (the fine-tuned model, the zero-shot base model, ...) or of any
+other recommender (`msr graph evaluate`: a generic `score` column instead of `p_yes`) and the
 baselines computed here: random (seeded), popularity (interactions of the candidate strictly
 before the example's cutoff, over all users: no leakage from the future) and, for the embedded
 dataset, the oracle of its true preference model. Writes metrics.json, eval_scores.parquet (every
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from msr import schema
 from msr.data.sft import candidates
@@ -36,7 +38,8 @@ class EvaluateConfig:
     run_dir: str = field(metadata={"help": "Run directory."})
     split: str = field(default="test", metadata={"help": "Examples to evaluate."})
     methods: list[str] = field(default_factory=lambda: ["sft=scores.parquet"], metadata={
-        "help": "name=file pairs: scored tables from `msr score` inside the run directory."})
+        "help": "name=file pairs: scored tables inside the run directory, from `msr score` (p_yes) or "
+                "`msr graph evaluate` (score)."})
     baselines: list[str] = field(default_factory=lambda: list(BASELINES), metadata={
         "help": f"Any of {', '.join(BASELINES)} (oracle only where truth.json exists)."})
     truth: str | None = field(default=None, metadata={"help": "truth.json of the embedded dataset "
@@ -78,6 +81,15 @@ def _oracle(truth_path: Path, table: pd.DataFrame) -> np.ndarray:
                      zip(table[schema.USER], table[schema.ITEM], table[schema.CUTOFF_TS])])
 
 
+def read_scores(path: Path, key: list[str]) -> pd.DataFrame:
+    """A scored table's key columns and its score, renamed SCORE: `p_yes` from `msr score`, or the
+    generic `score` column any other recommender writes (exactly one of the two)."""
+    present = [c for c in (P_YES, schema.SCORE) if c in pq.read_schema(path).names]
+    if len(present) != 1:
+        raise ValueError(f"{path}: expected one score column, {P_YES} or {schema.SCORE}; found {present or 'none'}")
+    return pd.read_parquet(path, columns=key + present).rename(columns={present[0]: schema.SCORE})
+
+
 def evaluate(cfg: EvaluateConfig) -> dict:
     """Compute and write every method's metrics; return the metrics mapping."""
     cfg.validate()
@@ -88,12 +100,13 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     for method in cfg.methods:
         name, file = method.split("=", 1)
         run.require(file)
-        scored = pd.read_parquet(run.path(file), columns=key + [P_YES]).rename(columns={P_YES: name})
+        scored = read_scores(run.path(file), key).rename(columns={schema.SCORE: name})
         table = table.merge(scored, on=key, how="left")
         missing = int(table[name].isna().sum())
         if missing:
             raise ValueError(f"{file} lacks scores for {missing} of {len(table)} {cfg.split} candidates: "
-                             f"run `msr score --split {cfg.split} --output {file}` to completion")
+                             f"run `msr score --split {cfg.split} --output {file}` (or `msr graph evaluate`) "
+                             "to completion")
     if "random" in cfg.baselines:
         table["random"] = np.random.default_rng(cfg.seed).random(len(table))
     if "popularity" in cfg.baselines:

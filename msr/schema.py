@@ -48,3 +48,6 @@ SFT_DIR = "sft"  # sft/{split}: `datasets` on disk, TRL prompt/completion rows
 SUMMARY = "summary"
 # sft rows, besides TRL's images/prompt/completion
 LABEL = "label"
+# scored candidate tables (user, history_len, item, label + a score): `msr score` writes p_yes, any other
+# recommender (the graph recommender, your own) writes SCORE; higher means more likely
+SCORE = "score"

@@ -13,7 +13,7 @@ from sklearn.metrics import roc_curve as sk_roc_curve
 
 from msr import schema
 from msr.data.sft import SftDataConfig, write_sft_rows
-from msr.evaluate import EvaluateConfig, evaluate, popularity_before
+from msr.evaluate import EvaluateConfig, candidate_table, evaluate, popularity_before
 from msr.metrics import roc_curve
 from msr.rundir import RunDir, write_parquet
 from msr.score_split import ScoreConfig, score_split
@@ -63,3 +63,19 @@ def test_partial_scores_are_refused(tiny_run: dict) -> None:
     score_split(ScoreConfig(run_dir=str(run), model=tiny_run["vlm"], device="cpu", dtype="float32", max_examples=2))
     with pytest.raises(ValueError, match="lacks scores"):
         evaluate(EvaluateConfig(run_dir=str(run), baselines=["random"]))
+
+
+def test_a_generic_score_column_sits_beside_p_yes(tiny_run: dict) -> None:
+    run = Path(tiny_run["run"])
+    table = candidate_table(RunDir(run), "test")[[schema.USER, schema.HISTORY_LEN, schema.ITEM, schema.LABEL]]
+    rng = np.random.default_rng(0)
+    for file, column in (("scores.parquet", "p_yes"), ("other.parquet", schema.SCORE)):
+        write_parquet(run / file, pa.Table.from_pandas(table.assign(**{column: rng.random(len(table))}),
+                                                       preserve_index=False))
+    out = evaluate(EvaluateConfig(run_dir=str(run), methods=["sft=scores.parquet", "other=other.parquet"],
+                                  baselines=["popularity"]))
+    assert list(out["methods"]) == ["sft", "other", "popularity"]
+    both = table.assign(p_yes=0.5, **{schema.SCORE: 0.5})
+    write_parquet(run / "both.parquet", pa.Table.from_pandas(both, preserve_index=False))
+    with pytest.raises(ValueError, match="one score column"):
+        evaluate(EvaluateConfig(run_dir=str(run), methods=["x=both.parquet"], baselines=[]))
