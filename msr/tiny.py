@@ -283,3 +283,22 @@ def _save(out_dir: str | Path, model: PreTrainedModel, processor: ProcessorMixin
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
     return out_dir
+
+
+def build_tiny_encoder(out_dir: str | Path, texts: Iterable[str] = (), seed: int = 0) -> Path:
+    """Saves a tiny random BERT with mean pooling as a sentence-transformers directory, for tests of the graph
+    recommender without the hub. Its tokenizer is the text LM's BPE trained on `texts`; the same seed gives
+    identical weights."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+    from transformers import AutoModel, BertConfig
+
+    tokenizer = train_tokenizer(texts, "text")
+    tokenizer.model_max_length = 128
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=2, max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id)
+    out_dir = _save(out_dir, _init_model(AutoModel, config, seed), tokenizer)
+    transformer = Transformer(str(out_dir), max_seq_length=128)
+    SentenceTransformer(modules=[transformer, Pooling(transformer.get_embedding_dimension(), "mean")],
+                        device="cpu").save(str(out_dir))
+    return out_dir

@@ -1,0 +1,132 @@
+"""What the graph recommender reads from a run: item and user texts, training interactions, histories.
+
+Leakage is ruled out here, once, for every later step. Each user's *training* interactions are
+the positions before the history_len of their validation example (without one: before their
+first validation or test target); the item-item graph, the Jaccard overlaps and the negatives
+see only those. A user text for an example at history_len h is the preference text of
+positions [0, h) (`msr summarize users` keys it by (user_id, history_len)) plus, optionally, the
+titles of the last items strictly before h: never the target or anything after it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from msr import schema
+from msr.rundir import RunDir
+
+
+@dataclass
+class RunData:
+    """A run's items, interactions and examples as integer codes (items in items.parquet order)."""
+
+    items: pd.DataFrame
+    users: pd.Index  # user ids; code = position
+    seq_items: np.ndarray  # item codes of all interactions, sorted by user code then position
+    seq_start: np.ndarray  # offset of each user's first interaction in seq_items
+    seq_len: np.ndarray  # number of interactions of each user
+    train_len: np.ndarray  # number of leading interactions of each user that are training data
+    examples: pd.DataFrame  # examples.parquet plus columns `user_code` and `target_code`
+
+    @property
+    def n_items(self) -> int:
+        return len(self.items)
+
+    @property
+    def n_users(self) -> int:
+        return len(self.users)
+
+
+def load_run(run: RunDir) -> RunData:
+    """Read items, interactions and examples of a prepared run and code them as integers."""
+    run.require(schema.ITEMS_FILE, schema.INTERACTIONS_FILE, schema.EXAMPLES_FILE)
+    items = pd.read_parquet(run.path(schema.ITEMS_FILE))
+    inter = pd.read_parquet(run.path(schema.INTERACTIONS_FILE), columns=[schema.USER, schema.ITEM, schema.POSITION])
+    examples = pd.read_parquet(run.path(schema.EXAMPLES_FILE))
+    item_index = pd.Index(items[schema.ITEM])
+    user_codes, users = pd.factorize(inter[schema.USER], sort=True)
+    item_codes = item_index.get_indexer(inter[schema.ITEM])
+    if (item_codes < 0).any():
+        raise ValueError(f"{run.path(schema.INTERACTIONS_FILE)} names items missing from {schema.ITEMS_FILE}")
+    order = np.lexsort((inter[schema.POSITION].to_numpy(), user_codes))
+    seq_len = np.bincount(user_codes, minlength=len(users)).astype(np.int64)
+    seq_start = np.concatenate(([0], np.cumsum(seq_len)[:-1]))
+    examples = examples.assign(user_code=users.get_indexer(examples[schema.USER]),
+                               target_code=item_index.get_indexer(examples[schema.TARGET]))
+    if (examples["user_code"] < 0).any() or (examples["target_code"] < 0).any():
+        raise ValueError(f"{run.path(schema.EXAMPLES_FILE)} names users or items without interactions")
+    held_out = examples[examples[schema.SPLIT] != schema.TRAIN]
+    train_len = seq_len.copy()
+    first_held = held_out.groupby("user_code")[schema.HISTORY_LEN].min()
+    train_len[first_held.index.to_numpy()] = first_held.to_numpy()
+    return RunData(items=items, users=pd.Index(users), seq_items=item_codes[order].astype(np.int64),
+                   seq_start=seq_start, seq_len=seq_len, train_len=train_len, examples=examples)
+
+
+def prefix_matrix(data: RunData, users: np.ndarray, lengths: np.ndarray) -> sp.csr_matrix:
+    """Row r: indicator of the items at positions [0, lengths[r]) of user users[r] (sparse, rows x items)."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    indptr = np.concatenate(([0], np.cumsum(lengths)))
+    offsets = np.arange(indptr[-1]) - np.repeat(indptr[:-1], lengths)
+    indices = data.seq_items[np.repeat(data.seq_start[users], lengths) + offsets]
+    matrix = sp.csr_matrix((np.ones(len(indices), dtype=np.float32), indices, indptr),
+                           shape=(len(lengths), data.n_items))
+    matrix.sum_duplicates()
+    matrix.data[:] = 1.0
+    return matrix
+
+
+def train_incidence(data: RunData) -> sp.csr_matrix:
+    """Users x items indicator of the training interactions only."""
+    return prefix_matrix(data, np.arange(data.n_users), data.train_len)
+
+
+def item_texts(run: RunDir, data: RunData, item_summary: bool) -> list[str]:
+    """Each item's text, in item-code order: title, brand, first category, description, item summary."""
+    summaries: dict[str, str] = {}
+    if item_summary:
+        if not run.path(schema.ITEM_SUMMARY_TABLE).exists():
+            raise FileNotFoundError(f"{run.path(schema.ITEM_SUMMARY_TABLE)} not found: run `msr summarize items` "
+                                    "on this run first (or set item_summary: false)")
+        table = pd.read_parquet(run.path(schema.ITEM_SUMMARY_TABLE))
+        summaries = dict(zip(table[schema.ITEM], table[schema.SUMMARY]))
+    texts = []
+    for row in data.items.to_dict("records"):
+        categories = row[schema.CATEGORIES]
+        parts = [(schema.TITLE, row[schema.TITLE]), ("brand", row[schema.BRAND]),
+                 ("category", categories[0] if categories is not None and len(categories) else ""),
+                 (schema.DESCRIPTION, row[schema.DESCRIPTION]), (schema.SUMMARY, summaries.get(row[schema.ITEM], ""))]
+        texts.append(" ".join(f"{name.capitalize()}: {str(value).strip()}." for name, value in parts
+                              if value and str(value).strip()))
+    return texts
+
+
+def user_texts(run: RunDir, data: RunData, examples: pd.DataFrame, user_summary: bool,
+               history_titles: int) -> list[str]:
+    """The user text of each example row: preference text at its cutoff, then its last history titles."""
+    summaries: dict[tuple[str, int], str] = {}
+    if user_summary:
+        if not run.path(schema.USER_SUMMARIES_FILE).exists():
+            raise FileNotFoundError(f"{run.path(schema.USER_SUMMARIES_FILE)} not found: run `msr summarize users` "
+                                    "on this run first (or set user_summary: false with history_titles > 0)")
+        table = pd.read_parquet(run.path(schema.USER_SUMMARIES_FILE))
+        summaries = dict(zip(zip(table[schema.USER], table[schema.HISTORY_LEN]), table[schema.SUMMARY]))
+    titles = data.items[schema.TITLE].to_numpy()
+    texts = []
+    for user, code, h in zip(examples[schema.USER], examples["user_code"], examples[schema.HISTORY_LEN]):
+        parts = []
+        if user_summary:
+            if (user, h) not in summaries:
+                raise ValueError(f"no user summary for user {user} at history_len {h}: run `msr summarize users` "
+                               "on this run first")
+            parts.append(summaries[(user, h)].strip())
+        if history_titles:
+            start = data.seq_start[code]
+            recent = titles[data.seq_items[start + max(0, h - history_titles):start + h]]
+            parts.append("Recent items: " + "; ".join(recent) + ".")
+        texts.append(" ".join(p for p in parts if p))
+    return texts

@@ -1,0 +1,204 @@
+"""`msr graph train|evaluate`: the MLLMRec stage on a run directory.
+
+train: embed item and user texts (cached), build the item-item graph from training interactions,
+fit the towers with early stopping on validation Recall@stop_k. evaluate: full-ranking Recall@K
+and NDCG@K on valid and test (history masked) -> graph/metrics.json, and a score for every
+candidate of the valid and test examples (the very candidates `msr score` scores) ->
+graph_scores.parquet, for `msr evaluate --methods graph=graph_scores.parquet`. Both stages skip
+themselves when their outputs are current for the same settings and inputs.
+
+Files in the run directory: graph/embeddings/ (cache), graph/item_graph.npz (scipy sparse),
+graph/model.safetensors, graph/state.json (training record), graph/metrics.json, the output.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import scipy.sparse as sp
+import torch
+from safetensors.torch import load_file
+
+from msr import schema
+from msr.config import config_hash
+from msr.graph.build import build_item_graph, propagate
+from msr.graph.config import GraphConfig
+from msr.graph.data import (
+    RunData,
+    item_texts,
+    load_run,
+    prefix_matrix,
+    train_incidence,
+    user_texts,
+)
+from msr.graph.encode import embed_texts, encoder_key, resolve_encoder
+from msr.graph.model import MODEL_FILE, STATE_FILE, Pairs, Towers, fit, init_towers
+from msr.graph.ranking import recall_ndcg, target_ranks
+from msr.rundir import RunDir, atomic_path, write_json, write_parquet
+
+log = logging.getLogger(__name__)
+TRAIN_STAGE, EVAL_STAGE = "graph.train", "graph.evaluate"
+GRAPH_DIR = "graph"
+EMBEDDINGS_DIR, GRAPH_FILE, METRICS_FILE = "graph/embeddings", "graph/item_graph.npz", "graph/metrics.json"
+# settings that change neither the model nor its scores
+_NOT_HASHED = ("run_dir", "force", "device", "encode_batch_size", "output", "ks")
+
+
+@dataclass
+class Features:
+    """Frozen embeddings: items in item-code order, user texts in examples.parquet row order."""
+
+    items: np.ndarray
+    users: np.ndarray
+
+
+def _device(cfg: GraphConfig) -> torch.device:
+    return torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                        "cpu" if cfg.device == "auto" else cfg.device)
+
+
+def _file_digest(run: RunDir, names: list[str]) -> str:
+    digest = hashlib.sha256()
+    for name in names:
+        digest.update(name.encode())
+        with run.path(name).open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def train_digest(cfg: GraphConfig, run: RunDir) -> str:
+    """Hash of everything the trained model depends on: settings, encoder weights, input tables."""
+    inputs = [schema.ITEMS_FILE, schema.INTERACTIONS_FILE, schema.EXAMPLES_FILE]
+    inputs += [schema.ITEM_SUMMARY_TABLE] if cfg.item_summary else []
+    inputs += [schema.USER_SUMMARIES_FILE] if cfg.user_summary else []
+    for name, command in ((schema.ITEM_SUMMARY_TABLE, "msr summarize items"),
+                          (schema.USER_SUMMARIES_FILE, "msr summarize users")):
+        if name in inputs and not run.path(name).exists():
+            raise FileNotFoundError(f"{run.path(name)} not found: run `{command}` on this run first")
+    run.require(*inputs)
+    parts = [config_hash(cfg, exclude=_NOT_HASHED), encoder_key(resolve_encoder(cfg.encoder)), _file_digest(run, inputs)]
+    return hashlib.sha256("/".join(parts).encode()).hexdigest()[:16]
+
+
+def embed(cfg: GraphConfig, run: RunDir, data: RunData) -> Features:
+    """Item and user-text embeddings of the whole run, from the cache where it has them."""
+    common = {"encoder": cfg.encoder, "cache_root": run.path(EMBEDDINGS_DIR), "device": cfg.device,
+              "batch_size": cfg.encode_batch_size, "trust_remote_code": cfg.trust_remote_code}
+    items = embed_texts(item_texts(run, data, cfg.item_summary), desc="item texts", **common)
+    users = embed_texts(user_texts(run, data, data.examples, cfg.user_summary, cfg.history_titles),
+                        desc="user texts", **common)
+    return Features(items=items, users=users)
+
+
+def _split_rows(data: RunData, split: str) -> pd.DataFrame:
+    return data.examples[data.examples[schema.SPLIT] == split]
+
+
+def _history(data: RunData, rows: pd.DataFrame) -> sp.csr_matrix:
+    return prefix_matrix(data, rows["user_code"].to_numpy(), rows[schema.HISTORY_LEN].to_numpy())
+
+
+def train_graph(cfg: GraphConfig) -> dict:
+    """Train the graph recommender (or skip when current); return the training record."""
+    cfg.validate()
+    run = RunDir(cfg.run_dir)
+    digest = train_digest(cfg, run)
+    outputs = [GRAPH_FILE, f"{GRAPH_DIR}/{MODEL_FILE}", f"{GRAPH_DIR}/{STATE_FILE}"]
+    if not cfg.force and run.is_current(TRAIN_STAGE, digest):
+        log.info("graph train: model in %s is current (use --force to redo)", run.path(GRAPH_DIR))
+        return json.loads(run.path(f"{GRAPH_DIR}/{STATE_FILE}").read_text(encoding="utf-8"))
+    t0 = time.perf_counter()
+    data = load_run(run)
+    features = embed(cfg, run, data)
+    incidence = train_incidence(data)
+    graph = build_item_graph(features.items, incidence, cfg.knn_k, cfg.pure, cfg.knn_jac)
+    with atomic_path(run.path(GRAPH_FILE)) as tmp, tmp.open("wb") as f:
+        sp.save_npz(f, graph)
+    log.info("graph: %d items, %d edges (%.1f per item)", graph.shape[0], graph.nnz, graph.nnz / max(graph.shape[0], 1))
+
+    device = _device(cfg)
+    item_features = torch.as_tensor(propagate(graph, features.items), device=device)
+    train = _split_rows(data, schema.TRAIN)
+    if train.empty:
+        raise ValueError(f"{run.path(schema.EXAMPLES_FILE)} has no training examples")
+    coo = incidence.tocoo()
+    pairs = Pairs(user_features=torch.as_tensor(features.users[train.index.to_numpy()], device=device),
+                  users=train["user_code"].to_numpy(), items=train["target_code"].to_numpy(),
+                  seen_keys=np.sort(coo.row.astype(np.int64) * data.n_items + coo.col), n_items=data.n_items)
+    valid = _split_rows(data, schema.VALID)
+    valid_users = torch.as_tensor(features.users[valid.index.to_numpy()], device=device)
+    valid_targets, valid_history = valid["target_code"].to_numpy(), _history(data, valid)
+
+    def validate(towers: Towers) -> float:
+        towers.eval()
+        ranks = target_ranks(towers.user(valid_users), towers.item(item_features), valid_targets, valid_history)
+        return recall_ndcg(ranks, [cfg.stop_k])[f"recall@{cfg.stop_k}"]
+
+    towers = init_towers(features.items.shape[1], cfg.hidden_dim, cfg.embed_dim, cfg.seed).to(device)
+    record = fit(towers, item_features, pairs, validate, run.path(GRAPH_DIR), digest, cfg.learning_rate,
+                 cfg.batch_size, cfg.max_epochs, cfg.patience, cfg.seed)
+    record.update(edges=int(graph.nnz), train_pairs=len(train), seconds=round(time.perf_counter() - t0, 2))
+    write_json(run.path(f"{GRAPH_DIR}/{STATE_FILE}"), record)
+    run.record(TRAIN_STAGE, digest, dataclasses.asdict(cfg), outputs)
+    log.info("graph train: best valid recall@%d %.4f at epoch %d of %d", cfg.stop_k, record["best"],
+             record["best_epoch"], record["epoch"])
+    return record
+
+
+def evaluate_graph(cfg: GraphConfig) -> dict:
+    """Full-ranking metrics and scored candidates of the trained model (or skip when current)."""
+    from msr.evaluate import candidate_table
+
+    cfg.validate()
+    run = RunDir(cfg.run_dir)
+    trained = train_digest(cfg, run)
+    if not run.is_current(TRAIN_STAGE, trained):
+        raise FileNotFoundError(f"{run.path(GRAPH_DIR)}: no trained model for these settings and inputs: run "
+                                "`msr graph train` with the same settings first")
+    digest = hashlib.sha256(f"{trained}/{cfg.ks}/{cfg.output}".encode()).hexdigest()[:16]
+    if not cfg.force and run.is_current(EVAL_STAGE, digest):
+        log.info("graph evaluate: outputs in %s are current (use --force to redo)", run.root)
+        return json.loads(run.path(METRICS_FILE).read_text(encoding="utf-8"))
+    data = load_run(run)
+    features = embed(cfg, run, data)
+    with run.path(GRAPH_FILE).open("rb") as f:
+        graph = sp.load_npz(f)
+    device = _device(cfg)
+    towers = Towers(features.items.shape[1], cfg.hidden_dim, cfg.embed_dim)
+    towers.load_state_dict(load_file(str(run.path(f"{GRAPH_DIR}/{MODEL_FILE}"))))
+    towers.to(device).eval()
+    state = json.loads(run.path(f"{GRAPH_DIR}/{STATE_FILE}").read_text(encoding="utf-8"))
+    metrics: dict = {"encoder": cfg.encoder, "best_epoch": state["best_epoch"], "edges": int(graph.nnz)}
+    scored = []
+    with torch.no_grad():
+        item_vecs = towers.item(torch.as_tensor(propagate(graph, features.items), device=device))
+        for split in (schema.VALID, schema.TEST):
+            rows = _split_rows(data, split)
+            user_vecs = towers.user(torch.as_tensor(features.users[rows.index.to_numpy()], device=device))
+            ranks = target_ranks(user_vecs, item_vecs, rows["target_code"].to_numpy(), _history(data, rows))
+            metrics[split] = recall_ndcg(ranks, cfg.ks)
+            table = candidate_table(run, split)
+            where = pd.MultiIndex.from_frame(rows[[schema.USER, schema.HISTORY_LEN]]).get_indexer(
+                pd.MultiIndex.from_frame(table[[schema.USER, schema.HISTORY_LEN]]))
+            items = torch.as_tensor(pd.Index(data.items[schema.ITEM]).get_indexer(table[schema.ITEM]), device=device)
+            table[schema.SCORE] = (user_vecs[torch.as_tensor(where, device=device)] * item_vecs[items]).sum(-1).cpu().numpy()
+            scored.append(table.drop(columns=[schema.CUTOFF_TS]))
+    write_parquet(run.path(cfg.output), pa.Table.from_pandas(pd.concat(scored, ignore_index=True), preserve_index=False))
+    write_json(run.path(METRICS_FILE), metrics)
+    run.record(EVAL_STAGE, digest, dataclasses.asdict(cfg), [cfg.output, METRICS_FILE])
+    log.info("graph evaluate: test %s", {k: round(v, 4) for k, v in metrics[schema.TEST].items()})
+    return metrics
+
+
+def run_graph(cfg: GraphConfig) -> dict:
+    """Train (or reuse) the graph recommender, then evaluate it; return {"train": ..., "metrics": ...}."""
+    return {"train": train_graph(cfg), "metrics": evaluate_graph(cfg)}
