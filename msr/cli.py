@@ -61,6 +61,21 @@ def _evaluate(argv: Sequence[str]) -> None:
     print(report(evaluate(cfg), cfg.ks))
 
 
+def _graph_train(argv: Sequence[str]) -> None:
+    from msr.graph.config import GraphConfig
+    from msr.graph.pipeline import train_graph
+
+    record = train_graph(parse_config(GraphConfig, argv, prog="msr graph train"))
+    print(json.dumps({k: v for k, v in record.items() if k != "history"}))
+
+
+def _graph_evaluate(argv: Sequence[str]) -> None:
+    from msr.graph.config import GraphConfig
+    from msr.graph.pipeline import evaluate_graph
+
+    print(json.dumps(evaluate_graph(parse_config(GraphConfig, argv, prog="msr graph evaluate")), indent=2))
+
+
 def _tiny(argv: Sequence[str]) -> None:
     from msr.tiny import TinyConfig, build_from_config
 
@@ -86,6 +101,10 @@ COMMANDS: list[tuple[tuple[str, ...], str, Callable[[Sequence[str]], None]]] = [
     (("score",), "P(Yes) for every candidate of a split (one forward per batch, shared prefix reused)", _score),
     (("evaluate",), "scores -> AUC, HR/NDCG/MRR@K per method beside random, popularity and oracle baselines",
      _evaluate),
+    (("graph", "train"), "MLLMRec: embed texts, build the item-item graph from training data, fit the towers",
+     _graph_train),
+    (("graph", "evaluate"), "MLLMRec: full-ranking Recall/NDCG@K and scores for the candidates of `msr evaluate`",
+     _graph_evaluate),
     (("tiny",), "build a tiny random VLM or text LM offline (tests, quickstart)", _tiny),
 ]
 
