@@ -5,6 +5,7 @@ Which stage a YAML belongs to (the convention recipes/README.md documents):
 - `sft_data*.yaml`: `msr data sft` (SftDataConfig);
 - `data*.yaml`: `msr data prepare` (PrepareConfig);
 - `summarize*.yaml`: `msr summarize items` and `users` (SummarizeConfig);
+- `recipes/graph/*.yaml`: `msr graph train` and `evaluate` (GraphConfig), named by dataset;
 - any other YAML with a `model_name_or_path` key: a training recipe for `recipes/sft.py`, parsed exactly as the
   script parses it, by TRL's TrlParser over (SftScriptArguments, SFTConfig, ModelConfig).
 """
@@ -22,6 +23,7 @@ import yaml
 from msr.config import parse_config
 from msr.data.prepare import PrepareConfig
 from msr.data.sft import SftDataConfig
+from msr.graph.config import GraphConfig
 from msr.summarize.config import SummarizeConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,6 +35,7 @@ STAGES = {
     "sft_data": (SftDataConfig, ("msr data sft",)),
     "data": (PrepareConfig, ("msr data prepare",)),
     "summarize": (SummarizeConfig, ("msr summarize items", "msr summarize users")),
+    "graph": (GraphConfig, ("msr graph train", "msr graph evaluate")),
 }
 ALL_YAML = sorted(RECIPES.glob("*/*.yaml"))
 STAGE_YAML = [p for p in ALL_YAML if p.parent != ACCELERATE]
@@ -52,6 +55,8 @@ def _first_line(path: Path) -> str:
 
 
 def _stage(path: Path) -> str | None:
+    if path.parent == RECIPES / "graph":
+        return "graph"
     for prefix in sorted(STAGES, key=len, reverse=True):
         if path.stem == prefix or path.stem.startswith(prefix + "_"):
             return prefix
