@@ -138,8 +138,8 @@ def report(metrics: dict, ks: list[int]) -> str:
              "| method | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for name, values in methods.items():
         lines.append(f"| {name} | " + " | ".join(f"{values[c]:.4f}" for c in columns) + " |")
-    lines += ["", "AUC pools all candidate pairs; user_auc averages each user's AUC. Ties rank the positive below "
-              "the negatives it ties with. ROC curves: roc.png.", ""]
+    lines += ["", ("AUC pools all candidate pairs; user_auc averages each user's AUC. Ties rank the positive below "
+                   "the negatives it ties with. ROC curves: roc.png."), ""]
     return "\n".join(lines)
 
 

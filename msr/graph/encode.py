@@ -65,6 +65,7 @@ def encoder_key(resolved: str) -> str:
 
 
 def text_hash(text: str) -> str:
+    """The cache key of a text (its sha256)."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 

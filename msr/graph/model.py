@@ -68,6 +68,8 @@ class Pairs:
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch's draws: independent streams per (seed, epoch), so resuming at any epoch
+    replays exactly the draws an uninterrupted run would make."""
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
 
 
