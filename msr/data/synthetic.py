@@ -62,6 +62,10 @@ class SynthConfig:
         "help": "Fraction of items without a cover file (with >= 50 items, one more gets a corrupt one)."})
     temperature: float = field(
         default=0.5, metadata={"help": "Softmax temperature of the users' choices; lower is more predictable."})
+    image_weight: float = field(default=1.0, metadata={
+        "help": "Scale of the image-only attributes (colour, pattern) in the users' utilities; 1 makes them as "
+                "strong as the title's category. The quickstart lowers it: its tiny model cannot learn to read "
+                "images within a CPU budget, so the titles must carry most of the signal."})
     seed: int = field(default=0, metadata={"help": "Seed of every random draw."})
 
     def __post_init__(self) -> None:
@@ -75,6 +79,7 @@ class SynthConfig:
             ("image_size", 32 <= self.image_size <= 1024, "must be in [32, 1024]"),
             ("missing_image_rate", 0.0 <= self.missing_image_rate <= 0.5, "must be in [0, 0.5]"),
             ("temperature", self.temperature > 0, "must be > 0"),
+            ("image_weight", self.image_weight >= 0, "must be >= 0"),
             ("seed", self.seed >= 0, "must be >= 0"),
         ]
         for name, ok, rule in problems:
@@ -261,6 +266,13 @@ def _draw_weights(rng: np.random.Generator, n_values: int, avoid: frozenset[int]
     return tuple(np.round(weights, 3).tolist())
 
 
+def _scale_image(phase: list[tuple[float, ...]], scale: float) -> list[tuple[float, ...]]:
+    """Colour and pattern weights times ``scale`` (after drawing, so the random stream never changes)."""
+    if scale == 1.0:
+        return phase
+    return [tuple(round(w * scale, 3) for w in weights) if slot < 2 else weights for slot, weights in enumerate(phase)]
+
+
 def _liked(weights: tuple[float, ...]) -> frozenset[int]:
     return frozenset(v for v, w in enumerate(weights) if w >= _LIKED_WEIGHT[0])
 
@@ -276,6 +288,7 @@ def _draw_users(rng: np.random.Generator, cfg: SynthConfig, items: dict[int, Ite
         second = list(first)
         for slot in ((0,), (2,), (0, 2))[rng.integers(3)]:  # the liked colour, category, or both change
             second[slot] = _draw_weights(rng, _SIZES[slot], avoid=_liked(first[slot]))
+        first, second = (_scale_image(phase, cfg.image_weight) for phase in (first, second))
 
         length = int(rng.integers(cfg.min_seq_len, cfg.max_seq_len + 1))
         drift = int(rng.integers(-(-4 * length // 10), 7 * length // 10 + 1))  # 40-70% of the way, in [1, length)

@@ -50,6 +50,18 @@ def test_same_config_is_byte_identical_and_seed_matters(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "c"]  # no partial directories left behind
 
 
+def test_image_weight_scales_only_the_image_attributes(tmp_path, dataset):
+    scaled = load_truth(generate(SynthConfig(out_dir=str(tmp_path / "scaled"), image_weight=0.25)))
+    truth = dataset[1]
+    assert scaled.items == truth.items  # same random stream: only the users' weights differ
+    for user, phases in truth.users.items():
+        for phase, other in zip(phases, scaled.users[user]):
+            assert other.category == phase.category and other.start_ts == phase.start_ts
+            for field_name in ("colour", "pattern"):
+                assert np.allclose(getattr(other, field_name), np.multiply(getattr(phase, field_name), 0.25),
+                                   atol=1e-3)
+
+
 def test_microlens_layout(dataset):
     out, truth = dataset
     header, pairs = _read_csv(out / PAIRS_FILE)
@@ -202,6 +214,7 @@ def test_refuses_foreign_directory_but_fills_an_empty_one(tmp_path):
         ({"missing_image_rate": -0.1}, "missing_image_rate"),
         ({"missing_image_rate": 0.9}, "missing_image_rate"),
         ({"temperature": 0.0}, "temperature"),
+        ({"image_weight": -0.5}, "image_weight"),
         ({"seed": -1}, "seed"),
         ({"out_dir": ""}, "out_dir"),
     ],
