@@ -46,6 +46,9 @@ class EvaluateConfig:
                               "(default: RUN_DIR/raw/truth.json when present)."})
     ks: list[int] = field(default_factory=lambda: list(DEFAULT_KS), metadata={"help": "Cut-offs K."})
     seed: int = field(default=0, metadata={"help": "Seed of the random baseline."})
+    model_card: str | None = field(default=None, metadata={
+        "help": "A trained model's directory (adapter or merged): its README.md model card gets this "
+                "evaluation's table, replacing the one an earlier evaluation of the same split wrote."})
 
     def validate(self) -> None:
         unknown = set(self.baselines) - set(BASELINES)
@@ -125,6 +128,8 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     write_parquet(run.path(EVAL_SCORES_FILE), pa.Table.from_pandas(table, preserve_index=False))
     _plot_roc(run.path(ROC_FILE), table, names)
     run.path(REPORT_FILE).write_text(report(out, cfg.ks), encoding="utf-8")
+    if cfg.model_card:
+        update_model_card(Path(cfg.model_card), out, cfg.ks)
     log.info("evaluate: %s", {n: round(r["auc"], 4) for n, r in results.items()})
     return out
 
@@ -141,6 +146,26 @@ def report(metrics: dict, ks: list[int]) -> str:
     lines += ["", ("AUC pools all candidate pairs; user_auc averages each user's AUC. Ties rank the positive below "
                    "the negatives it ties with. ROC curves: roc.png."), ""]
     return "\n".join(lines)
+
+
+def update_model_card(model_dir: Path, metrics: dict, ks: list[int]) -> Path:
+    """Put this split's evaluation table into the model card (README.md) of ``model_dir``, between
+    markers, so re-evaluating replaces it and the rest of the card stays as training wrote it."""
+    from msr.train import CARD_FILE
+
+    card = model_dir / CARD_FILE
+    if not card.is_file():
+        raise FileNotFoundError(f"{card} not found: model_card must be a directory written by recipes/sft.py")
+    begin, end = f"<!-- msr evaluate {metrics['split']} -->", f"<!-- /msr evaluate {metrics['split']} -->"
+    section = f"{begin}\n## {report(metrics, ks).removeprefix('# ')}{end}\n"
+    text = card.read_text(encoding="utf-8")
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + section + rest.split(end, 1)[1].removeprefix("\n")
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    card.write_text(text, encoding="utf-8")
+    return card
 
 
 def _plot_roc(path: Path, table: pd.DataFrame, names: list[str]) -> None:

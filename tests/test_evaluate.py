@@ -13,7 +13,7 @@ from sklearn.metrics import roc_curve as sk_roc_curve
 
 from msr import schema
 from msr.data.sft import SftDataConfig, write_sft_rows
-from msr.evaluate import EvaluateConfig, candidate_table, evaluate, popularity_before
+from msr.evaluate import EvaluateConfig, candidate_table, evaluate, popularity_before, update_model_card
 from msr.metrics import roc_curve
 from msr.rundir import RunDir, write_parquet
 from msr.score_split import ScoreConfig, score_split
@@ -79,3 +79,18 @@ def test_a_generic_score_column_sits_beside_p_yes(tiny_run: dict) -> None:
     write_parquet(run / "both.parquet", pa.Table.from_pandas(both, preserve_index=False))
     with pytest.raises(ValueError, match="one score column"):
         evaluate(EvaluateConfig(run_dir=str(run), methods=["x=both.parquet"], baselines=[]))
+
+
+def test_the_model_card_gets_the_table_once(tmp_path: Path) -> None:
+    card = tmp_path / "README.md"
+    card.write_text("# msr recommender\n\n## Training metrics\n", encoding="utf-8")
+    metrics = {"split": "test", "methods": {"sft": {"users": 2, "auc": 0.75, "user_auc": 0.5, **{
+        f"{m}@1": 0.5 for m in ("hr", "ndcg", "mrr")}}}}
+    update_model_card(tmp_path, metrics, [1])
+    metrics["methods"]["sft"]["auc"] = 0.8
+    update_model_card(tmp_path, metrics, [1])
+    text = card.read_text(encoding="utf-8")
+    assert text.startswith("# msr recommender\n\n## Training metrics\n")
+    assert text.count("## Evaluation: test split") == 1 and "| sft | 0.8000 |" in text and "0.7500" not in text
+    with pytest.raises(FileNotFoundError, match="recipes/sft.py"):
+        update_model_card(tmp_path / "missing", metrics, [1])
