@@ -34,17 +34,21 @@ def test_bad_key_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture)
 @pytest.mark.slow
 def test_quickstart_runs_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     run = tmp_path / "qs"
-    args = ["quickstart", "--run_dir", str(run), "--num_users", "60", "--num_items", "60"]
+    args = ["quickstart", "--run_dir", str(run), "--num_users", "60", "--num_items", "60", "--epochs", "2"]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "msr quickstart: done" in printed and "| popularity |" in printed
     metrics = json.loads((run / "metrics.json").read_text())["methods"]
-    assert set(metrics) == {"sft", "zero_shot", "random", "popularity", "oracle"}
+    assert set(metrics) == {"sft", "zero_shot", "graph", "random", "popularity", "oracle"}
     assert metrics["oracle"]["auc"] > 0.8
     examples = pd.read_parquet(run / schema.EXAMPLES_FILE)
     assert set(examples[schema.SPLIT]) == {"train", "valid", "test"}
     assert AutoModelForImageTextToText.from_pretrained(run / "models" / "vlm") is not None
     assert AutoModelForCausalLM.from_pretrained(run / "models" / "lm") is not None
-    stamp = (run / "models" / "vlm" / "config.json").stat().st_mtime_ns
+    card = (run / "sft_model" / "README.md").read_text(encoding="utf-8")
+    assert "## Evaluation: test split" in card and "| graph |" in card
+    stamps = {name: (run / name).stat().st_mtime_ns for name in (
+        "models/vlm/config.json", "sft_model/model.safetensors", "graph/model.safetensors")}
     assert main(args) == 0
-    assert (run / "models" / "vlm" / "config.json").stat().st_mtime_ns == stamp
+    assert {name: (run / name).stat().st_mtime_ns for name in stamps} == stamps
+    assert "| graph |" in capsys.readouterr().out
