@@ -82,7 +82,7 @@ def score_split(cfg: ScoreConfig) -> pd.DataFrame:
     """Score the split (resuming), merge the shards, write `cfg.output`; return the table."""
     cfg.validate()
     run = RunDir(cfg.run_dir)
-    state = PartialState()
+    state = PartialState(cpu=cfg.device == "cpu")  # without cpu=True a CPU run under torchrun stays single-process
     settings = _prompt_settings(run)
     prompts = CandidatePrompts(run, settings)
     examples = pd.read_parquet(run.path(schema.EXAMPLES_FILE))

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -59,3 +62,25 @@ def test_a_changed_adapter_is_scored_afresh(scored_run: dict, tmp_path: Path) ->
     changed = score_split(cfg)
     assert len(list(run.glob("scores.*.0.jsonl"))) == 2  # a second fingerprint, not the old records
     assert not np.allclose(changed[P_YES], base[P_YES])
+
+
+@pytest.mark.slow
+def test_two_processes_share_the_examples_and_the_main_one_merges(scored_run: dict) -> None:
+    run, model = Path(scored_run["run"]), scored_run["vlm"]
+    # torchrun is what `accelerate launch` runs for several GPUs; on a CPU it gives the gloo path
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+               "msr.cli", "score", "--run_dir", str(run), "--model", model, "--device", "cpu", "--dtype", "float32",
+               "--output", "two.parquet"]
+    done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    shards = [{json.loads(line)["key"] for line in path.read_text().splitlines()}
+              for path in sorted(run.glob("two.*.jsonl"))]
+    examples = pd.read_parquet(run / schema.EXAMPLES_FILE)
+    assert len(shards) == 2 and shards[0] and shards[1] and not shards[0] & shards[1]
+    assert len(shards[0] | shards[1]) == int((examples[schema.SPLIT] == "test").sum())
+    merged = pd.read_parquet(run / "two.parquet")
+    single = score_split(ScoreConfig(run_dir=str(run), model=model, device="cpu", dtype="float32", output="one.parquet"))
+    assert merged[[schema.USER, schema.HISTORY_LEN, schema.ITEM]].equals(single[[schema.USER, schema.HISTORY_LEN,
+                                                                                  schema.ITEM]])
+    assert np.allclose(merged[P_YES], single[P_YES], atol=1e-5)
