@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import time
 from pathlib import Path
 
@@ -20,8 +21,26 @@ from transformers import (
     LlavaProcessor,
 )
 
-from msr.data.synthetic import ADJECTIVES, CATEGORIES, COLOURS, PATTERNS, TITLE_TEMPLATES
+from msr.data.synthetic import (
+    ADJECTIVES,
+    CATEGORIES,
+    COLOURS,
+    PATTERNS,
+    TITLE_TEMPLATES,
+)
 from msr.tiny import IMAGE_SIZE, PATCH_SIZE, train_tokenizer
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, vocab_size: bool = True) -> None:
+    """The thread count and the random model's shape, as every model benchmark takes them."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    parser.add_argument("--threads", type=int, default=cores, help="torch threads (default: the cores).")
+    parser.add_argument("--hidden", type=int, default=512)
+    parser.add_argument("--layers", type=int, default=6)
+    parser.add_argument("--intermediate", type=int, default=1536)
+    parser.add_argument("--heads", type=int, default=8)
+    if vocab_size:
+        parser.add_argument("--vocab_size", type=int, default=1024)
 
 
 def matmul_ms(rows: int = 16, repeats: int = 50) -> float:

@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -66,7 +65,16 @@ from msr.score import Scorer
 from msr.tiny import IMAGE_SIZE, PATCH_SIZE
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import _SUMMARY, _cover_jpeg, _fill, _title, _user_text, build_vlm, matmul_ms  # noqa: E402
+from common import (
+    _SUMMARY,
+    _cover_jpeg,
+    _fill,
+    _title,
+    _user_text,
+    add_model_arguments,
+    build_vlm,
+    matmul_ms,
+)
 
 # --------------------------------------------------------------------------- prompts
 
@@ -181,7 +189,6 @@ def profile(loaded, scorer: Scorer, conversations, images) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     parser.add_argument("--users", type=int, default=4, help="Timed users (one more is the warm-up).")
     parser.add_argument("--candidates", type=int, default=21, help="Per user: 1 positive + 20 negatives.")
     parser.add_argument("--repeats", type=int, default=3, help="Timed passes per method (medians reported).")
@@ -189,12 +196,7 @@ def main() -> None:
     parser.add_argument("--user_words", type=int, default=170, help="Preference text of this many (+20) words.")
     parser.add_argument("--summary_words", type=int, default=8, help="Candidate summary cut to this many words.")
     parser.add_argument("--history", type=int, default=10, help="History titles in the user part.")
-    parser.add_argument("--threads", type=int, default=cores, help="torch threads (default: the cores).")
-    parser.add_argument("--hidden", type=int, default=512)
-    parser.add_argument("--layers", type=int, default=6)
-    parser.add_argument("--intermediate", type=int, default=1536)
-    parser.add_argument("--heads", type=int, default=8)
-    parser.add_argument("--vocab_size", type=int, default=1024)
+    add_model_arguments(parser)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

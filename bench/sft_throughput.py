@@ -65,7 +65,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import tempfile
 import time
@@ -75,6 +74,16 @@ from pathlib import Path
 import datasets
 import numpy as np
 import torch
+from common import (
+    _SUMMARY,
+    _cover_jpeg,
+    _fill,
+    _title,
+    _user_text,
+    add_model_arguments,
+    build_vlm,
+    matmul_ms,
+)
 from peft import get_peft_model
 from transformers import (
     TrainerCallback,
@@ -82,12 +91,12 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 from trl import ModelConfig, SFTConfig, SFTTrainer
 
-from common import _SUMMARY, _cover_jpeg, _fill, _title, _user_text, build_vlm, matmul_ms  # noqa: E402
 from msr.data.sft import answer_messages, recommendation_messages, recommendation_parts
 from msr.models import load_model
 from msr.prompts import load_prompt
 from msr.tiny import IMAGE_SIZE
 from msr.train import peft_config
+
 
 def make_rows(root: Path, n: int, history: int, seed: int) -> tuple[datasets.Dataset, list[str]]:
     """`msr data sft`-shaped rows saved to and loaded from disk, and the texts the tokenizer learns."""
@@ -283,18 +292,12 @@ def _bool(text: str) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     parser.add_argument("--rows", type=int, default=192)
     parser.add_argument("--batch_size", type=int, default=8, help="[8, TRL's default]")
     parser.add_argument("--warmup", type=int, default=2, help="Untimed optimizer steps first (>= 1).")
     parser.add_argument("--steps", type=int, default=20, help="Timed optimizer steps (medians reported).")
     parser.add_argument("--history", type=int, default=5, help="History titles in each prompt.")
-    parser.add_argument("--threads", type=int, default=cores, help="torch threads (default: the cores).")
-    parser.add_argument("--hidden", type=int, default=512)
-    parser.add_argument("--layers", type=int, default=6)
-    parser.add_argument("--intermediate", type=int, default=1536)
-    parser.add_argument("--heads", type=int, default=8)
-    parser.add_argument("--vocab_size", type=int, default=1024)
+    add_model_arguments(parser)
     # SFTConfig settings under study; TRL's SFTConfig defaults in brackets
     parser.add_argument("--activation_checkpointing", type=_bool, default=False,
                         help="Recompute activations in the backward pass [TRL's SFTConfig: true].")

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import tempfile
 import time
@@ -36,11 +35,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from common import add_model_arguments, matmul_ms
 from transformers import AutoModelForCausalLM, LlamaConfig
 from transformers.utils import logging as hf_logging
 
 from msr import schema
-from common import matmul_ms  # noqa: E402  (bench/ is on sys.path when run as a script)
 from msr.data.prepare import PrepareConfig, prepare
 from msr.data.synthetic import (
     CATEGORIES,
@@ -58,7 +57,12 @@ from msr.rundir import JsonlLog, RunDir
 from msr.summarize.backends import GenerationSettings, Request, TransformersBackend
 from msr.summarize.config import SummarizeConfig
 from msr.summarize.items import item_keys, summarize_items
-from msr.summarize.users import format_items, history_cutoffs, plan_states, summarize_users
+from msr.summarize.users import (
+    format_items,
+    history_cutoffs,
+    plan_states,
+    summarize_users,
+)
 from msr.tiny import build_tiny_lm, build_tiny_vlm, train_tokenizer
 
 USER_PROMPTS = ("user_summary_first", "user_summary_update")
@@ -283,17 +287,12 @@ def cache_calls(root: Path, run_dir: Path, args: argparse.Namespace) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     parser.add_argument("--prompts", type=int, default=32)
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--max_new_tokens", type=int, default=64,
                         help="msr's own default is 200; batching speeds up decoding, not the prompt's forward")
     parser.add_argument("--repeats", type=int, default=3, help="Timed rounds (median reported).")
-    parser.add_argument("--threads", type=int, default=cores, help="torch threads (default: the cores).")
-    parser.add_argument("--hidden", type=int, default=512)
-    parser.add_argument("--layers", type=int, default=6)
-    parser.add_argument("--intermediate", type=int, default=1536)
-    parser.add_argument("--heads", type=int, default=8)
+    add_model_arguments(parser, vocab_size=False)
     parser.add_argument("--users", type=int, default=60)
     parser.add_argument("--items", type=int, default=60)
     parser.add_argument("--block_size", type=int, default=3)
