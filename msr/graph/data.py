@@ -6,10 +6,16 @@ first validation or test target); the item-item graph, the Jaccard overlaps and 
 see only those. A user text for an example at history_len h is the preference text of
 positions [0, h) (`msr summarize users` keys it by (user_id, history_len)) plus, optionally, the
 titles of the last items strictly before h: never the target or anything after it.
+
+A text with nothing in it (an item without title, brand, category, description or summary; a user
+with an empty preference text and no history titles) is embedded as a fixed placeholder,
+EMPTY_ITEM_TEXT or EMPTY_USER_TEXT, rather than as "", so that what the encoder sees says what it
+is; how many there are is logged as a warning, since many of them mean the summaries are missing.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +24,10 @@ import scipy.sparse as sp
 
 from msr import schema
 from msr.rundir import RunDir
+
+log = logging.getLogger(__name__)
+EMPTY_ITEM_TEXT = "No information about this item."
+EMPTY_USER_TEXT = "No information about this user yet."
 
 
 @dataclass
@@ -34,10 +44,12 @@ class RunData:
 
     @property
     def n_items(self) -> int:
+        """Number of items (item codes run 0 .. n_items - 1)."""
         return len(self.items)
 
     @property
     def n_users(self) -> int:
+        """Number of users with interactions (user codes run 0 .. n_users - 1)."""
         return len(self.users)
 
 
@@ -59,12 +71,37 @@ def load_run(run: RunDir) -> RunData:
                                target_code=item_index.get_indexer(examples[schema.TARGET]))
     if (examples["user_code"] < 0).any() or (examples["target_code"] < 0).any():
         raise ValueError(f"{run.path(schema.EXAMPLES_FILE)} names users or items without interactions")
+    seq_items = item_codes[order].astype(np.int64)
+    _check_examples(run, examples, seq_items, seq_start, seq_len)
     held_out = examples[examples[schema.SPLIT] != schema.TRAIN]
     train_len = seq_len.copy()
     first_held = held_out.groupby("user_code")[schema.HISTORY_LEN].min()
     train_len[first_held.index.to_numpy()] = first_held.to_numpy()
-    return RunData(items=items, users=pd.Index(users), seq_items=item_codes[order].astype(np.int64),
+    return RunData(items=items, users=pd.Index(users), seq_items=seq_items,
                    seq_start=seq_start, seq_len=seq_len, train_len=train_len, examples=examples)
+
+
+def _check_examples(run: RunDir, examples: pd.DataFrame, seq_items: np.ndarray, seq_start: np.ndarray,
+                    seq_len: np.ndarray) -> None:
+    """Every example must point into its user's sequence: 0 <= history_len < length, the item at
+    that position its target, one example per (user, history_len). Otherwise a history would read
+    the next user's items or a target would not be what the history precedes, silently."""
+    h = examples[schema.HISTORY_LEN].to_numpy().astype(np.int64)
+    codes = examples["user_code"].to_numpy()
+    inside = (h >= 0) & (h < seq_len[codes])
+    at = seq_start[codes] + np.where(inside, h, 0)  # any valid index where h is out of range
+    bad = ~inside | (seq_items[at] != examples["target_code"].to_numpy())
+    problem = "history_len outside the user's interactions or a target that is not the item at that position"
+    if not bad.any():
+        bad = examples.duplicated([schema.USER, schema.HISTORY_LEN]).to_numpy()
+        problem = "a second example for the same (user_id, history_len)"
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        first = examples.iloc[row]
+        raise ValueError(f"{run.path(schema.EXAMPLES_FILE)}: {int(bad.sum())} examples do not match "
+                         f"{schema.INTERACTIONS_FILE} ({problem}); the first: row {row}, user {first[schema.USER]}, "
+                         f"history_len {first[schema.HISTORY_LEN]}, target {first[schema.TARGET]}. Stale or edited "
+                         "examples: re-run `msr data prepare`")
 
 
 def prefix_matrix(data: RunData, users: np.ndarray, lengths: np.ndarray) -> sp.csr_matrix:
@@ -102,7 +139,7 @@ def item_texts(run: RunDir, data: RunData, item_summary: bool) -> list[str]:
                  (schema.DESCRIPTION, row[schema.DESCRIPTION]), (schema.SUMMARY, summaries.get(row[schema.ITEM], ""))]
         texts.append(" ".join(f"{name.capitalize()}: {str(value).strip()}." for name, value in parts
                               if value and str(value).strip()))
-    return texts
+    return _fill_empty(texts, EMPTY_ITEM_TEXT, "item texts", "no title, brand, category, description or summary")
 
 
 def user_texts(run: RunDir, data: RunData, examples: pd.DataFrame, user_summary: bool,
@@ -127,6 +164,15 @@ def user_texts(run: RunDir, data: RunData, examples: pd.DataFrame, user_summary:
         if history_titles:
             start = data.seq_start[code]
             recent = titles[data.seq_items[start + max(0, h - history_titles):start + h]]
-            parts.append("Recent items: " + "; ".join(recent) + ".")
+            if len(recent):
+                parts.append("Recent items: " + "; ".join(recent) + ".")
         texts.append(" ".join(p for p in parts if p))
-    return texts
+    return _fill_empty(texts, EMPTY_USER_TEXT, "user texts", "an empty preference text and no history titles")
+
+
+def _fill_empty(texts: list[str], placeholder: str, what: str, why: str) -> list[str]:
+    """Replace empty texts by `placeholder`, logging a warning with their count."""
+    empty = sum(1 for t in texts if not t.strip())
+    if empty:
+        log.warning("graph: %d of %d %s are empty (%s): embedded as %r", empty, len(texts), what, why, placeholder)
+    return [t if t.strip() else placeholder for t in texts]

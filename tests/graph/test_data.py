@@ -13,7 +13,14 @@ import scipy.sparse as sp
 from msr import schema
 from msr.graph.build import jaccard_topk
 from msr.graph.config import GraphConfig
-from msr.graph.data import item_texts, load_run, train_incidence, user_texts
+from msr.graph.data import (
+    EMPTY_ITEM_TEXT,
+    EMPTY_USER_TEXT,
+    item_texts,
+    load_run,
+    train_incidence,
+    user_texts,
+)
 from msr.graph.pipeline import GRAPH_FILE, train_graph
 from msr.rundir import RunDir, write_parquet
 from tests.graph.conftest import write_run, write_summaries
@@ -85,3 +92,38 @@ def test_missing_summaries_name_the_command_to_run(tmp_path: Path) -> None:
     write_parquet(run / schema.USER_SUMMARIES_FILE, pa.Table.from_pandas(table.iloc[1:], preserve_index=False))
     with pytest.raises(ValueError, match="msr summarize users"):
         user_texts(RunDir(run), data, data.examples, user_summary=True, history_titles=0)
+
+
+@pytest.mark.parametrize("change", [
+    {schema.HISTORY_LEN: 5, schema.TARGET: "i1"},  # past user a's 5 items: would read user b's first, i1
+    {schema.TARGET: "i0"},  # not the item at history_len 4
+    {schema.HISTORY_LEN: -1},
+    {schema.HISTORY_LEN: 3, schema.TARGET: "i3"},  # right item, but a second example at user a's h 3
+], ids=["past-the-end", "wrong-target", "negative", "duplicate"])
+def test_examples_must_point_into_their_users_sequence(tmp_path: Path, change: dict) -> None:
+    run = write_run(tmp_path / "run", {u: TRAIN_PART[u] + HELD_OUT_A[u] for u in TRAIN_PART})
+    load_run(RunDir(run))
+    examples = pd.read_parquet(run / schema.EXAMPLES_FILE)
+    assert examples.loc[2, schema.USER] == "a" and examples.loc[2, schema.HISTORY_LEN] == 4
+    for column, value in change.items():
+        examples.loc[2, column] = value
+    write_parquet(run / schema.EXAMPLES_FILE, pa.Table.from_pandas(examples, preserve_index=False))
+    with pytest.raises(ValueError, match=r"examples.parquet: 1 examples do not match.*row 2, user a.*msr data prepare"):
+        load_run(RunDir(run))
+
+
+def test_empty_texts_get_a_placeholder_and_a_count(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    run = write_run(tmp_path / "run", {"a": ["i0", "i1", "i2"], "b": ["i3", "i4", "i5", "i0"]})
+    items = pd.read_parquet(run / schema.ITEMS_FILE)
+    items.loc[1, schema.TITLE] = " "
+    write_parquet(run / schema.ITEMS_FILE, pa.Table.from_pandas(items, preserve_index=False))
+    data = load_run(RunDir(run))
+    with caplog.at_level("WARNING"):
+        texts = item_texts(RunDir(run), data, item_summary=False)
+    assert texts[1] == EMPTY_ITEM_TEXT and texts[0] == "Title: T0."
+    assert "1 of 6 item texts are empty" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):  # user a's train example has no history before it (h = 0)
+        texts = user_texts(RunDir(run), data, data.examples, user_summary=False, history_titles=2)
+    assert texts[0] == EMPTY_USER_TEXT and texts[1] == "Recent items: T0."
+    assert "1 of 6 user texts are empty" in caplog.text
