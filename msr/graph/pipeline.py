@@ -61,11 +61,13 @@ class Features:
 
 
 def _device(cfg: GraphConfig) -> torch.device:
+    """The torch device of `cfg.device` (auto: cuda when available, else cpu)."""
     return torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                         "cpu" if cfg.device == "auto" else cfg.device)
 
 
 def _file_digest(run: RunDir, names: list[str]) -> str:
+    """A short sha256 over the names and contents of the run's files `names`."""
     digest = hashlib.sha256()
     for name in names:
         digest.update(name.encode())
@@ -100,10 +102,12 @@ def embed(cfg: GraphConfig, run: RunDir, data: RunData) -> Features:
 
 
 def _split_rows(data: RunData, split: str) -> pd.DataFrame:
+    """The examples of one split, keeping their examples.parquet row index (the user-text row)."""
     return data.examples[data.examples[schema.SPLIT] == split]
 
 
 def _history(data: RunData, rows: pd.DataFrame) -> sp.csr_matrix:
+    """Each example's history (the items before its cutoff) as a sparse indicator, masked in ranking."""
     return prefix_matrix(data, rows["user_code"].to_numpy(), rows[schema.HISTORY_LEN].to_numpy())
 
 
@@ -118,6 +122,11 @@ def train_graph(cfg: GraphConfig) -> dict:
         return json.loads(run.path(f"{GRAPH_DIR}/{STATE_FILE}").read_text(encoding="utf-8"))
     t0 = time.perf_counter()
     data = load_run(run)
+    train, valid = _split_rows(data, schema.TRAIN), _split_rows(data, schema.VALID)
+    for rows, what in ((train, "training"), (valid, "validation")):
+        if rows.empty:
+            raise ValueError(f"{run.path(schema.EXAMPLES_FILE)} has no {what} examples: the towers train on the "
+                             "training examples and stop early on the validation ones; re-run `msr data prepare`")
     features = embed(cfg, run, data)
     incidence = train_incidence(data)
     graph = build_item_graph(features.items, incidence, cfg.knn_k, cfg.pure, cfg.knn_jac)
@@ -127,14 +136,10 @@ def train_graph(cfg: GraphConfig) -> dict:
 
     device = _device(cfg)
     item_features = torch.as_tensor(propagate(graph, features.items), device=device)
-    train = _split_rows(data, schema.TRAIN)
-    if train.empty:
-        raise ValueError(f"{run.path(schema.EXAMPLES_FILE)} has no training examples")
     coo = incidence.tocoo()
     pairs = Pairs(user_features=torch.as_tensor(features.users[train.index.to_numpy()], device=device),
                   users=train["user_code"].to_numpy(), items=train["target_code"].to_numpy(),
                   seen_keys=np.sort(coo.row.astype(np.int64) * data.n_items + coo.col), n_items=data.n_items)
-    valid = _split_rows(data, schema.VALID)
     valid_users = torch.as_tensor(features.users[valid.index.to_numpy()], device=device)
     valid_targets, valid_history = valid["target_code"].to_numpy(), _history(data, valid)
 
@@ -145,13 +150,29 @@ def train_graph(cfg: GraphConfig) -> dict:
 
     towers = init_towers(features.items.shape[1], cfg.hidden_dim, cfg.embed_dim, cfg.seed).to(device)
     record = fit(towers, item_features, pairs, validate, run.path(GRAPH_DIR), digest, cfg.learning_rate,
-                 cfg.batch_size, cfg.max_epochs, cfg.patience, cfg.seed)
+                 cfg.batch_size, cfg.max_epochs, cfg.patience, cfg.seed, resume=not cfg.force)
     record.update(edges=int(graph.nnz), train_pairs=len(train), seconds=round(time.perf_counter() - t0, 2))
     write_json(run.path(f"{GRAPH_DIR}/{STATE_FILE}"), record)
     run.record(TRAIN_STAGE, digest, dataclasses.asdict(cfg), outputs)
     log.info("graph train: best valid recall@%d %.4f at epoch %d of %d", cfg.stop_k, record["best"],
              record["best_epoch"], record["epoch"])
     return record
+
+
+def _candidate_codes(run: RunDir, data: RunData, rows: pd.DataFrame,
+                     table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """For each candidate row: the position of its example in `rows` and its item code. A code of -1
+    would silently index the last row or item, so a candidate outside either is an error."""
+    where = pd.MultiIndex.from_frame(rows[[schema.USER, schema.HISTORY_LEN]]).get_indexer(
+        pd.MultiIndex.from_frame(table[[schema.USER, schema.HISTORY_LEN]]))
+    items = pd.Index(data.items[schema.ITEM]).get_indexer(table[schema.ITEM])
+    for codes, what in ((where, "examples"), (items, schema.ITEMS_FILE)):
+        if (codes < 0).any():
+            first = table.iloc[int(np.flatnonzero(codes < 0)[0])]
+            raise ValueError(f"{run.path(schema.EXAMPLES_FILE)}: {int((codes < 0).sum())} candidates not found in "
+                             f"{what} (the first: user {first[schema.USER]}, history_len {first[schema.HISTORY_LEN]}, "
+                             f"item {first[schema.ITEM]}): re-run `msr data prepare`")
+    return where, items
 
 
 def evaluate_graph(cfg: GraphConfig) -> dict:
@@ -187,10 +208,9 @@ def evaluate_graph(cfg: GraphConfig) -> dict:
             ranks = target_ranks(user_vecs, item_vecs, rows["target_code"].to_numpy(), _history(data, rows))
             metrics[split] = recall_ndcg(ranks, cfg.ks)
             table = candidate_table(run, split)
-            where = pd.MultiIndex.from_frame(rows[[schema.USER, schema.HISTORY_LEN]]).get_indexer(
-                pd.MultiIndex.from_frame(table[[schema.USER, schema.HISTORY_LEN]]))
-            items = torch.as_tensor(pd.Index(data.items[schema.ITEM]).get_indexer(table[schema.ITEM]), device=device)
-            table[schema.SCORE] = (user_vecs[torch.as_tensor(where, device=device)] * item_vecs[items]).sum(-1).cpu().numpy()
+            where, items = _candidate_codes(run, data, rows, table)
+            table[schema.SCORE] = (user_vecs[torch.as_tensor(where, device=device)]
+                                   * item_vecs[torch.as_tensor(items, device=device)]).sum(-1).cpu().numpy()
             scored.append(table.drop(columns=[schema.CUTOFF_TS]))
     write_parquet(run.path(cfg.output), pa.Table.from_pandas(pd.concat(scored, ignore_index=True), preserve_index=False))
     write_json(run.path(METRICS_FILE), metrics)

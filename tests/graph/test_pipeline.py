@@ -13,10 +13,17 @@ import pytest
 from msr import schema
 from msr.cli import main
 from msr.evaluate import EvaluateConfig, candidate_table, evaluate
-from msr.graph import encode
+from msr.graph import encode, model
 from msr.graph.config import GraphConfig
-from msr.graph.pipeline import GRAPH_FILE, METRICS_FILE, run_graph
+from msr.graph.pipeline import (
+    GRAPH_FILE,
+    METRICS_FILE,
+    evaluate_graph,
+    run_graph,
+    train_graph,
+)
 from msr.rundir import RunDir, write_parquet
+from tests.graph.conftest import write_run
 
 
 def _config(run: Path, encoder: str, **overrides: object) -> GraphConfig:
@@ -84,6 +91,68 @@ def test_cli_train_then_evaluate(graph_run: Path, tiny_encoder: str, capsys: pyt
     (graph_run / schema.USER_SUMMARIES_FILE).unlink()
     assert main(["graph", "train", *args]) == 2
     assert "msr summarize users" in capsys.readouterr().err
+
+
+def _hand_run(tmp_path: Path) -> Path:
+    """Three users of five items (write_run), no summaries needed."""
+    return write_run(tmp_path / "run", {"a": ["i0", "i1", "i2", "i3", "i4"], "b": ["i1", "i2", "i3", "i0", "i5"],
+                                        "c": ["i5", "i4", "i3", "i2", "i1"]})
+
+
+def _hand_config(run: Path, encoder: str, **overrides: object) -> GraphConfig:
+    settings = {"user_summary": False, "item_summary": False, "history_titles": 2, "knn_k": 3, "knn_jac": 3,
+                "batch_size": 2, "max_epochs": 3, **overrides}
+    return GraphConfig(run_dir=str(run), encoder=encoder, **settings)
+
+
+def _rewrite_examples(run: Path, examples: pd.DataFrame) -> None:
+    write_parquet(run / schema.EXAMPLES_FILE, pa.Table.from_pandas(examples, preserve_index=False))
+
+
+def test_no_validation_examples_is_an_error_not_a_silent_stop(tmp_path: Path, tiny_encoder: str) -> None:
+    run = _hand_run(tmp_path)
+    examples = pd.read_parquet(run / schema.EXAMPLES_FILE)
+    _rewrite_examples(run, examples[examples[schema.SPLIT] != schema.VALID])
+    with pytest.raises(ValueError, match="no validation examples"):
+        train_graph(_hand_config(run, tiny_encoder))
+
+
+def test_a_negative_seed_is_refused_before_any_work() -> None:
+    with pytest.raises(ValueError, match="seed must be >= 0"):  # SeedSequence would fail after encoding
+        GraphConfig(run_dir="unused", seed=-1).validate()
+
+
+def test_a_candidate_missing_from_the_items_is_an_error(tmp_path: Path, tiny_encoder: str) -> None:
+    run = _hand_run(tmp_path)
+    examples = pd.read_parquet(run / schema.EXAMPLES_FILE)
+    examples[schema.NEGATIVES] = [["i9"] if split == schema.TEST else n
+                                  for split, n in zip(examples[schema.SPLIT], examples[schema.NEGATIVES])]
+    _rewrite_examples(run, examples)
+    train_graph(_hand_config(run, tiny_encoder))  # training never reads the negatives
+    with pytest.raises(ValueError, match=r"3 candidates not found in items.parquet.*item i9.*msr data prepare"):
+        evaluate_graph(_hand_config(run, tiny_encoder))
+
+
+def test_force_restarts_an_interrupted_training(tmp_path: Path, tiny_encoder: str, monkeypatch: pytest.MonkeyPatch,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    run = _hand_run(tmp_path)
+    real_write_json = model.write_json
+    writes = iter(range(100))
+
+    def killed_on_the_second(path: Path, value: dict) -> None:
+        if next(writes) == 1:
+            raise KeyboardInterrupt
+        real_write_json(path, value)
+
+    monkeypatch.setattr(model, "write_json", killed_on_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        train_graph(_hand_config(run, tiny_encoder))
+    monkeypatch.undo()
+    with caplog.at_level("INFO"):
+        forced = train_graph(_hand_config(run, tiny_encoder, force=True))
+    assert "resuming" not in caplog.text and forced["epoch"] == 3
+    assert [h["epoch"] for h in forced["history"]] == [1, 2, 3]
+    assert not (run / "graph" / model.LAST_FILE).exists()
 
 
 @pytest.mark.slow
