@@ -29,6 +29,7 @@ from msr.score_split import P_YES
 log = logging.getLogger(__name__)
 METRICS_FILE, EVAL_SCORES_FILE, REPORT_FILE, ROC_FILE = "metrics.json", "eval_scores.parquet", "report.md", "roc.png"
 BASELINES = ("random", "popularity", "oracle")
+_RESERVED = (schema.USER, schema.HISTORY_LEN, schema.CUTOFF_TS, schema.ITEM, schema.LABEL, schema.SCORE)
 
 
 @dataclass
@@ -51,12 +52,22 @@ class EvaluateConfig:
                 "evaluation's table, replacing the one an earlier evaluation of the same split wrote."})
 
     def validate(self) -> None:
+        """Refuse unknown baselines and method names that would collide in the merged table: a
+        method named like a baseline or a key column would be overwritten or break the merge."""
         unknown = set(self.baselines) - set(BASELINES)
         if unknown:
             raise ValueError(f"baselines: {sorted(unknown)} not among {', '.join(BASELINES)}")
+        names: set[str] = set()
         for method in self.methods:
-            if "=" not in method:
+            name = method.split("=", 1)[0]
+            if "=" not in method or not name:
                 raise ValueError(f"methods: {method!r} is not name=file")
+            if name in BASELINES + _RESERVED:
+                raise ValueError(f"methods: {name!r} is taken by a baseline or a column "
+                                 f"({', '.join(BASELINES + _RESERVED)}): give the method another name")
+            if name in names:
+                raise ValueError(f"methods: {name!r} is given twice: give each method its own name")
+            names.add(name)
 
 
 def candidate_table(run: RunDir, split: str) -> pd.DataFrame:
@@ -86,11 +97,19 @@ def _oracle(truth_path: Path, table: pd.DataFrame) -> np.ndarray:
 
 def read_scores(path: Path, key: list[str]) -> pd.DataFrame:
     """A scored table's key columns and its score, renamed SCORE: `p_yes` from `msr score`, or the
-    generic `score` column any other recommender writes (exactly one of the two)."""
+    generic `score` column any other recommender writes (exactly one of the two). Each key must occur
+    once: a duplicate would multiply candidate rows in the merge."""
     present = [c for c in (P_YES, schema.SCORE) if c in pq.read_schema(path).names]
     if len(present) != 1:
         raise ValueError(f"{path}: expected one score column, {P_YES} or {schema.SCORE}; found {present or 'none'}")
-    return pd.read_parquet(path, columns=key + present).rename(columns={present[0]: schema.SCORE})
+    scored = pd.read_parquet(path, columns=key + present).rename(columns={present[0]: schema.SCORE})
+    duplicated = scored.duplicated(key, keep=False)
+    if duplicated.any():
+        first = scored[duplicated].iloc[0]
+        raise ValueError(f"{path}: {int(duplicated.sum())} rows share their ({', '.join(key)}) with another row "
+                         f"(the first: {', '.join(str(first[c]) for c in key)}): one score per candidate; "
+                         "was the file appended to twice? Score the split again into a fresh file")
+    return scored
 
 
 def evaluate(cfg: EvaluateConfig) -> dict:

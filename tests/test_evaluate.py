@@ -13,7 +13,13 @@ from sklearn.metrics import roc_curve as sk_roc_curve
 
 from msr import schema
 from msr.data.sft import SftDataConfig, write_sft_rows
-from msr.evaluate import EvaluateConfig, candidate_table, evaluate, popularity_before, update_model_card
+from msr.evaluate import (
+    EvaluateConfig,
+    candidate_table,
+    evaluate,
+    popularity_before,
+    update_model_card,
+)
 from msr.metrics import roc_curve
 from msr.rundir import RunDir, write_parquet
 from msr.score_split import ScoreConfig, score_split
@@ -79,6 +85,28 @@ def test_a_generic_score_column_sits_beside_p_yes(tiny_run: dict) -> None:
     write_parquet(run / "both.parquet", pa.Table.from_pandas(both, preserve_index=False))
     with pytest.raises(ValueError, match="one score column"):
         evaluate(EvaluateConfig(run_dir=str(run), methods=["x=both.parquet"], baselines=[]))
+
+
+@pytest.mark.parametrize(("methods", "message"), [
+    (["random=a.parquet"], "taken by a baseline"),
+    (["label=a.parquet"], "taken by a baseline or a column"),
+    (["item_id=a.parquet"], "taken by a baseline or a column"),
+    (["sft=a.parquet", "sft=b.parquet"], "given twice"),
+    (["=a.parquet"], "not name=file"),
+])
+def test_method_names_that_would_collide_are_refused(methods: list[str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        EvaluateConfig(run_dir="unused", methods=methods).validate()
+
+
+def test_duplicate_keys_in_a_scored_file_are_refused(tiny_run: dict) -> None:
+    run = Path(tiny_run["run"])
+    table = candidate_table(RunDir(run), "test")[[schema.USER, schema.HISTORY_LEN, schema.ITEM, schema.LABEL]]
+    table[schema.SCORE] = np.arange(len(table), dtype=float)
+    twice = pd.concat([table, table.iloc[[3]]])  # would give row 3's example an extra candidate
+    write_parquet(run / "dup.parquet", pa.Table.from_pandas(twice, preserve_index=False))
+    with pytest.raises(ValueError, match=r"dup.parquet: 2 rows share their \(user_id, history_len, item_id\)"):
+        evaluate(EvaluateConfig(run_dir=str(run), methods=["x=dup.parquet"], baselines=[]))
 
 
 def test_the_model_card_gets_the_table_once(tmp_path: Path) -> None:
