@@ -56,6 +56,7 @@ def synthetic(n_users: int, n_items: int, mean_len: float, dim: int, seed: int) 
 
 
 def main() -> None:
+    """Generate the synthetic data, time the graph, one epoch and one validation pass; print the JSON."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--users", type=int, default=39_387)
     parser.add_argument("--items", type=int, default=23_033)
