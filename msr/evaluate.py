@@ -24,7 +24,6 @@ from msr import schema
 from msr.data.sft import candidates
 from msr.metrics import DEFAULT_KS, ranking_metrics, roc_curve
 from msr.rundir import RunDir, write_json, write_parquet
-from msr.score_split import P_YES
 
 log = logging.getLogger(__name__)
 METRICS_FILE, EVAL_SCORES_FILE, REPORT_FILE, ROC_FILE = "metrics.json", "eval_scores.parquet", "report.md", "roc.png"
@@ -99,9 +98,9 @@ def read_scores(path: Path, key: list[str]) -> pd.DataFrame:
     """A scored table's key columns and its score, renamed SCORE: `p_yes` from `msr score`, or the
     generic `score` column any other recommender writes (exactly one of the two). Each key must occur
     once: a duplicate would multiply candidate rows in the merge."""
-    present = [c for c in (P_YES, schema.SCORE) if c in pq.read_schema(path).names]
+    present = [c for c in (schema.P_YES, schema.SCORE) if c in pq.read_schema(path).names]
     if len(present) != 1:
-        raise ValueError(f"{path}: expected one score column, {P_YES} or {schema.SCORE}; found {present or 'none'}")
+        raise ValueError(f"{path}: expected one score column, {schema.P_YES} or {schema.SCORE}; found {present or 'none'}")
     scored = pd.read_parquet(path, columns=key + present).rename(columns={present[0]: schema.SCORE})
     duplicated = scored.duplicated(key, keep=False)
     if duplicated.any():

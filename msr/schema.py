@@ -49,5 +49,6 @@ SUMMARY = "summary"
 # sft rows, besides TRL's images/prompt/completion
 LABEL = "label"
 # scored candidate tables (user, history_len, item, label + a score): `msr score` writes p_yes, any other
-# recommender (the graph recommender, your own) writes SCORE; higher means more likely
+# recommender (the graph recommender, your own) writes score; higher means more likely
+P_YES = "p_yes"
 SCORE = "score"

@@ -29,7 +29,6 @@ from msr.score import Scorer
 from msr.summarize.items import digest
 
 log = logging.getLogger(__name__)
-P_YES = "p_yes"
 
 
 @dataclass
@@ -102,7 +101,7 @@ def score_split(cfg: ScoreConfig) -> pd.DataFrame:
             p_yes = scorer.score([m for m, _ in asked], [image for _, image in asked])
             shard.append([{"key": f"{e[schema.USER]}:{e[schema.HISTORY_LEN]}", schema.USER: e[schema.USER],
                            schema.HISTORY_LEN: int(e[schema.HISTORY_LEN]), "items": [i for i, _ in items],
-                           "labels": [label for _, label in items], P_YES: p_yes.tolist()}])
+                           "labels": [label for _, label in items], schema.P_YES: p_yes.tolist()}])
     state.wait_for_everyone()
     if not state.is_main_process:
         return pd.DataFrame()
@@ -112,8 +111,8 @@ def score_split(cfg: ScoreConfig) -> pd.DataFrame:
         records.update(JsonlLog(run.path(f"{stem}.{rank}.jsonl"), key="key").records)
     rows = [(r[schema.USER], r[schema.HISTORY_LEN], item, label, p)
             for key, r in sorted(records.items()) if key in wanted
-            for item, label, p in zip(r["items"], r["labels"], r[P_YES])]
-    table = pd.DataFrame(rows, columns=[schema.USER, schema.HISTORY_LEN, schema.ITEM, schema.LABEL, P_YES])
+            for item, label, p in zip(r["items"], r["labels"], r[schema.P_YES])]
+    table = pd.DataFrame(rows, columns=[schema.USER, schema.HISTORY_LEN, schema.ITEM, schema.LABEL, schema.P_YES])
     write_parquet(run.path(cfg.output), pa.Table.from_pandas(table, preserve_index=False))
     log.info("scored %d candidates of %d %s examples -> %s", len(table), len(wanted), cfg.split, run.path(cfg.output))
     return table
