@@ -1,4 +1,5 @@
-"""The only home of `from_pretrained`: models, processors, dtype, device and quantization.
+"""The only home of `from_pretrained`: models, processors, the graph's sentence encoder, dtype, device and
+quantization.
 
 Every stage loads through here, so `trust_remote_code` is off unless the user turns it on, a
 CPU never gets bf16 by accident (it is ~6x slower than fp32 there), and 4-bit loading is one
@@ -9,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import (
@@ -22,7 +24,12 @@ from transformers import (
     BitsAndBytesConfig,
     PreTrainedModel,
 )
-from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
+)
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +124,14 @@ def load_model(name: str, dtype: str = "auto", device: str = "auto", load_in_4bi
     log.info("loaded %s%s (%s, %s, %s%s)", name, f" + adapter {adapter}" if adapter else "",
              "VLM" if vlm else "LM", device, torch_dtype, ", 4-bit" if load_in_4bit else "")
     return LoadedModel(model, processor, tokenizer, vlm, name)
+
+
+def load_encoder(name: str, device: str = "auto", trust_remote_code: bool = False) -> SentenceTransformer:
+    """A frozen sentence-transformers encoder (the graph recommender's) from a directory or hub name,
+    with remote code off unless asked for."""
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(name, device=resolve_device(device), trust_remote_code=trust_remote_code)
 
 
 def lora_target_regex(model: PreTrainedModel) -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -21,10 +20,8 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from msr.graph.config import DEFAULT_ENCODER
+from msr.models import load_encoder
 from msr.rundir import write_parquet
-
-if TYPE_CHECKING:
-    from sentence_transformers import SentenceTransformer
 
 log = logging.getLogger(__name__)
 _PART_TEXTS = 1024  # texts per cache part: what an interruption can lose at most
@@ -80,16 +77,6 @@ def encoder_key(resolved: str) -> str:
 def text_hash(text: str) -> str:
     """The cache key of a text (its sha256)."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def load_encoder(resolved: str, device: str, trust_remote_code: bool) -> SentenceTransformer:
-    """A SentenceTransformer from a directory or hub name (remote code off unless asked for)."""
-    import torch
-    from sentence_transformers import SentenceTransformer
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return SentenceTransformer(resolved, device=device, trust_remote_code=trust_remote_code)
 
 
 class EmbeddingCache:
