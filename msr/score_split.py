@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from msr import schema
 from msr.data.sft import STAGE as SFT_STAGE
 from msr.data.sft import CandidatePrompts, SftDataConfig, candidates
-from msr.models import load_model
+from msr.models import load_model, resolve_device
 from msr.rundir import JsonlLog, RunDir, write_parquet
 from msr.score import Scorer
 from msr.summarize.items import digest
@@ -81,7 +81,8 @@ def score_split(cfg: ScoreConfig) -> pd.DataFrame:
     """Score the split (resuming), merge the shards, write `cfg.output`; return the table."""
     cfg.validate()
     run = RunDir(cfg.run_dir)
-    state = PartialState(cpu=cfg.device == "cpu")  # without cpu=True a CPU run under torchrun stays single-process
+    # without cpu=True, a CPU-only run under torchrun or accelerate launch would stay single-process
+    state = PartialState(cpu=resolve_device(cfg.device) == "cpu")
     settings = _prompt_settings(run)
     prompts = CandidatePrompts(run, settings)
     examples = pd.read_parquet(run.path(schema.EXAMPLES_FILE))
