@@ -87,8 +87,10 @@ class SynthConfig:
                 raise ValueError(f"SynthConfig.{name} {rule}, got {getattr(self, name)!r}")
 
     def identity(self) -> dict:
-        """The fields that determine the dataset's content (everything but where it is written)."""
-        return {k: v for k, v in asdict(self).items() if k != "out_dir"}
+        """The fields that determine the dataset's content (everything but where it is written).
+        `image_weight` appears only when it is not 1, so datasets written before it existed keep
+        their identity (and their truth.json its bytes)."""
+        return {k: v for k, v in asdict(self).items() if k != "out_dir" and not (k == "image_weight" and v == 1.0)}
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,11 @@ def test_same_config_is_byte_identical_and_seed_matters(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "c"]  # no partial directories left behind
 
 
+def test_image_weight_is_part_of_the_identity_only_when_it_changes_something():
+    assert "image_weight" not in SynthConfig(out_dir="x").identity()  # datasets from before it stay valid
+    assert SynthConfig(out_dir="x", image_weight=0.3).identity()["image_weight"] == 0.3
+
+
 def test_image_weight_scales_only_the_image_attributes(tmp_path, dataset):
     scaled = load_truth(generate(SynthConfig(out_dir=str(tmp_path / "scaled"), image_weight=0.25)))
     truth = dataset[1]
