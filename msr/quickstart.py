@@ -7,7 +7,9 @@ after an interruption continues where it stopped.
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,18 +18,24 @@ from msr import schema
 from msr.config import config_hash
 from msr.data.prepare import PrepareConfig, prepare
 from msr.data.sft import SftDataConfig, write_sft_rows
+from msr.data.synthetic import (
+    COVERS_DIR,
+    PAIRS_FILE,
+    TITLES_FILE,
+    SynthConfig,
+    generate,
+)
 from msr.evaluate import REPORT_FILE, EvaluateConfig, evaluate, report
 from msr.graph.config import GraphConfig
 from msr.graph.pipeline import METRICS_FILE as GRAPH_METRICS_FILE
 from msr.graph.pipeline import run_graph
-from msr.score_split import ScoreConfig, score_split
-from msr.data.synthetic import COVERS_DIR, PAIRS_FILE, TITLES_FILE, SynthConfig, generate
 from msr.rundir import RunDir
+from msr.score_split import ScoreConfig, score_split
 from msr.summarize.config import SummarizeConfig
 from msr.summarize.items import summarize_items
 from msr.summarize.users import summarize_users
 from msr.tiny import VLM_FAMILIES, TinyConfig, build_from_config
-from msr.train import SftScriptArguments, train
+from msr.train import FINGERPRINT_FILE, SftScriptArguments, train, training_fingerprint
 
 log = logging.getLogger(__name__)
 SFT_MODEL_DIR = "sft_model"
@@ -52,6 +60,7 @@ class QuickstartConfig:
     batch_size: int = field(default=32, metadata={"help": "SFT rows per step."})
 
     def validate(self) -> None:
+        """Refuse a family msr.tiny cannot build before any work starts."""
         if self.family not in VLM_FAMILIES:
             raise ValueError(f"family: {self.family!r} is not one of {', '.join(VLM_FAMILIES)}")
 
@@ -93,7 +102,7 @@ def quickstart(cfg: QuickstartConfig) -> dict:
     elapsed = time.perf_counter() - start
     _print_summary(run.root, stats, models, summaries, rows, tuned, elapsed)
     recall = graph["metrics"]["test"]
-    print(f"  graph recommender, full ranking over all items (test): "
+    print("  graph recommender, full ranking over all items (test): "
           + ", ".join(f"{k} {v:.4f}" for k, v in recall.items() if "@" in k) + f" -> {run.path(GRAPH_METRICS_FILE)}")
     print("\n" + report(metrics, EvaluateConfig(run_dir=str(run.root)).ks))
     print(f"report: {run.path(REPORT_FILE)}  (ROC plot and metrics.json beside it)")
@@ -119,6 +128,11 @@ def _train(run: RunDir, cfg: QuickstartConfig, model: str) -> Path:
     stages = run.manifest()["stages"]
     digest = config_hash(cfg, exclude=("run_dir",)) + stages["data.sft"]["config_hash"]
     if not run.is_current("sft.train", digest):
+        fingerprint = out / FINGERPRINT_FILE
+        if out.exists() and (not fingerprint.is_file() or json.loads(fingerprint.read_text(encoding="utf-8"))
+                             != training_fingerprint(script, training, model_cfg)):
+            log.info("quickstart: the training settings or rows changed, so %s starts over", out)
+            shutil.rmtree(out)
         train(script, training, model_cfg)
         run.record("sft.train", digest, {"learning_rate": cfg.learning_rate, "epochs": cfg.epochs,
                                          "batch_size": cfg.batch_size}, [f"{SFT_MODEL_DIR}/model.safetensors"])
@@ -129,14 +143,14 @@ def _print_summary(root: Path, stats: dict, models: dict[str, str], summaries: d
                    seconds: float) -> None:
     lines = [
         f"msr quickstart: done in {seconds:.1f}s, run directory {root}",
-        f"  data: {stats['users']} users, {stats['items']} items, {stats['interactions']} interactions, "
-        f"image coverage {stats['image_coverage']:.1%}",
+        (f"  data: {stats['users']} users, {stats['items']} items, {stats['interactions']} interactions, "
+        f"image coverage {stats['image_coverage']:.1%}"),
         "  examples: " + ", ".join(f"{k} {v}" for k, v in stats["examples"].items()),
         "  dropped: " + (", ".join(f"{k} {v}" for k, v in stats["dropped"].items()) or "nothing"),
         f"  tiny VLM: {models['vlm']}   tiny LM: {models['lm']}",
-        f"  summaries: {summaries['items']['items']} items ({summaries['items']['generated']} generated now), "
+        (f"  summaries: {summaries['items']['items']} items ({summaries['items']['generated']} generated now), "
         f"{summaries['users']['states']} user states ({summaries['users']['generated']} generated now) "
-        f"-> {root / schema.ITEM_SUMMARIES_FILE}, {root / schema.USER_SUMMARIES_FILE}",
+        f"-> {root / schema.ITEM_SUMMARIES_FILE}, {root / schema.USER_SUMMARIES_FILE}"),
         f"  SFT rows: {rows} -> {root / schema.SFT_DIR};  fine-tuned model and its model card: {tuned}",
         f"  tables: {', '.join(str(root / f) for f in (schema.ITEMS_FILE, schema.INTERACTIONS_FILE, schema.EXAMPLES_FILE))}",
     ]

@@ -3,7 +3,9 @@
 `recipes/sft.py` is the script users launch (`accelerate launch recipes/sft.py --config ...`);
 this module holds what it does, so the quickstart and the tests run the very same code.
 Completion-only loss comes from TRL itself (prompt/completion rows), the collator is TRL's, the
-adapters are PEFT's. Training resumes from the last checkpoint in `output_dir`.
+adapters are PEFT's. Training resumes from the last checkpoint in `output_dir`, and only when
+that checkpoint was made with the same settings (a fingerprint kept beside it): resuming another
+configuration's checkpoint would silently train, or skip, the wrong thing.
 """
 
 from __future__ import annotations
@@ -20,11 +22,18 @@ from transformers.trainer_utils import get_last_checkpoint
 from trl import ModelConfig, SFTConfig, SFTTrainer
 
 from msr import __version__
+from msr.data.sft import STAGE as SFT_STAGE
 from msr.data.sft import load_sft_split
 from msr.models import load_model, lora_target_regex
+from msr.rundir import RunDir
 
 log = logging.getLogger(__name__)
 CARD_FILE = "README.md"
+FINGERPRINT_FILE = "msr_training.json"
+# SFTConfig fields that decide what a run learns (logging, saving and evaluation cadence do not)
+_LEARNING_FIELDS = ("learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
+                    "gradient_accumulation_steps", "lr_scheduler_type", "warmup_steps", "warmup_ratio",
+                    "weight_decay", "optim", "seed", "bf16", "fp16", "completion_only_loss", "max_length")
 
 
 @dataclass
@@ -89,12 +98,40 @@ def build_trainer(script: SftScriptArguments, training: SFTConfig, model_cfg: Mo
                       processing_class=loaded.processor, peft_config=peft_config(model_cfg, loaded.model))
 
 
+def training_fingerprint(script: SftScriptArguments, training: SFTConfig, model_cfg: ModelConfig) -> dict:
+    """What a training run's result depends on: rows, model, adapter and optimisation settings."""
+    rows = {"data.sft": RunDir(script.run_dir).manifest()["stages"].get(SFT_STAGE, {}).get("config_hash")}
+    learning = {k: getattr(training, k, None) for k in _LEARNING_FIELDS}
+    return json.loads(json.dumps({"script": dataclasses.asdict(script), "rows": rows, "training": learning,
+                                  "model": dataclasses.asdict(model_cfg)}, sort_keys=True, default=str))
+
+
+def claim_output_dir(out: Path, fingerprint: dict) -> None:
+    """Record `fingerprint` in `out`, or refuse when `out` holds checkpoints of other settings."""
+    path = out / FINGERPRINT_FILE
+    if path.is_file():
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        if stored != fingerprint:
+            changed = sorted(f"{part}.{k}" for part in fingerprint for k in
+                             set(fingerprint[part]) | set(stored.get(part, {}))
+                             if fingerprint[part].get(k) != stored.get(part, {}).get(k))
+            raise ValueError(f"{out} holds a run with other settings (changed: {', '.join(changed)}); "
+                             "resuming it would train the wrong thing: delete it or choose another output_dir")
+    elif out.is_dir() and get_last_checkpoint(str(out)):
+        raise ValueError(f"{out} holds checkpoints without {FINGERPRINT_FILE}: delete it or choose another "
+                         "output_dir")
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(fingerprint, indent=2, sort_keys=True), encoding="utf-8")
+
+
 def train(script: SftScriptArguments, training: SFTConfig, model_cfg: ModelConfig,
           trainer: SFTTrainer | None = None) -> Path:
-    """Fine-tune (resuming from the last checkpoint in output_dir), then save the adapter (or model)
-    with its processor and a model card; return the folder."""
-    trainer = trainer or build_trainer(script, training, model_cfg)
+    """Fine-tune (resuming from the last checkpoint in output_dir when it has the same settings),
+    then save the adapter (or model) with its processor and a model card; return the folder."""
     out = Path(training.output_dir)
+    if training.process_index == 0:
+        claim_output_dir(out, training_fingerprint(script, training, model_cfg))
+    trainer = trainer or build_trainer(script, training, model_cfg)
     last = get_last_checkpoint(str(out)) if out.is_dir() else None
     if last:
         log.info("resuming from %s", last)

@@ -52,3 +52,7 @@ def test_quickstart_runs_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main(args) == 0
     assert {name: (run / name).stat().st_mtime_ns for name in stamps} == stamps
     assert "| graph |" in capsys.readouterr().out
+    # other training settings retrain from scratch instead of resuming the old checkpoint
+    weights = (run / "sft_model" / "model.safetensors").read_bytes()
+    assert main([*args[:-1], "1"]) == 0
+    assert (run / "sft_model" / "model.safetensors").read_bytes() != weights

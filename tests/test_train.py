@@ -11,7 +11,7 @@ from trl import ModelConfig, SFTConfig
 
 from msr.data.sft import SftDataConfig, write_sft_rows
 from msr.models import load_model
-from msr.train import SftScriptArguments, build_trainer, train
+from msr.train import FINGERPRINT_FILE, SftScriptArguments, build_trainer, train
 
 # losses logged at steps 1..6 of the pinned run below (tiny LLaVA, seed 0, fp32, CPU)
 PINNED_LOSSES: list[float] = [6.3793, 6.2992, 6.1901, 6.1016, 5.9983, 5.9701]
@@ -100,3 +100,14 @@ def test_refuses_model_settings_it_would_ignore(sft_run: dict, tmp_path: Path) -
     script, training, model_cfg = _args(sft_run, tmp_path, load_in_8bit=True)
     with pytest.raises(ValueError, match="load_in_8bit"):
         build_trainer(script, training, model_cfg)
+
+
+def test_a_checkpoint_of_other_settings_is_never_resumed(sft_run: dict, tmp_path: Path) -> None:
+    out = tmp_path / "adapter"
+    script, training, model_cfg = _args(sft_run, out, max_steps=2, save_strategy="steps", save_steps=2)
+    train(script, training, model_cfg)
+    assert (out / "checkpoint-2").is_dir() and (out / FINGERPRINT_FILE).is_file()
+    train(script, training, model_cfg)  # the same settings: resumes (nothing left to do)
+    script, training, model_cfg = _args(sft_run, out, max_steps=2, learning_rate=1e-3)
+    with pytest.raises(ValueError, match=r"other settings \(changed: training.learning_rate\)"):
+        train(script, training, model_cfg)
