@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,7 +83,13 @@ def score_split(cfg: ScoreConfig) -> pd.DataFrame:
     cfg.validate()
     run = RunDir(cfg.run_dir)
     # without cpu=True, a CPU-only run under torchrun or accelerate launch would stay single-process
-    state = PartialState(cpu=resolve_device(cfg.device) == "cpu")
+    cpu = resolve_device(cfg.device) == "cpu" or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
+    state = PartialState(cpu=cpu)
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != state.num_processes:
+        raise RuntimeError(f"launched as {launched} processes but accelerate sees {state.num_processes}: each would "
+                           f"score the whole split into the same files; check --device ({cfg.device}) against the "
+                           "launcher's devices")
     settings = _prompt_settings(run)
     prompts = CandidatePrompts(run, settings)
     examples = pd.read_parquet(run.path(schema.EXAMPLES_FILE))
