@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from msr import schema
 from msr.data.sft import candidates
 from msr.metrics import DEFAULT_KS, ranking_metrics, roc_curve
-from msr.rundir import RunDir, write_json, write_parquet
+from msr.rundir import RunDir, atomic_path, write_json, write_parquet
 
 log = logging.getLogger(__name__)
 METRICS_FILE, EVAL_SCORES_FILE, REPORT_FILE, ROC_FILE = "metrics.json", "eval_scores.parquet", "report.md", "roc.png"
@@ -114,6 +114,8 @@ def read_scores(path: Path, key: list[str]) -> pd.DataFrame:
 def evaluate(cfg: EvaluateConfig) -> dict:
     """Compute and write every method's metrics; return the metrics mapping."""
     cfg.validate()
+    if cfg.model_card:
+        model_card_path(cfg.model_card)  # a wrong folder fails before any work, not after it
     run = RunDir(cfg.run_dir)
     run.require(schema.EXAMPLES_FILE, schema.INTERACTIONS_FILE)
     table = candidate_table(run, cfg.split)
@@ -147,7 +149,7 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     _plot_roc(run.path(ROC_FILE), table, names)
     run.path(REPORT_FILE).write_text(report(out, cfg.ks), encoding="utf-8")
     if cfg.model_card:
-        update_model_card(Path(cfg.model_card), out, cfg.ks)
+        update_model_card(cfg.model_card, out, cfg.ks, run.root)
     log.info("evaluate: %s", {n: round(r["auc"], 4) for n, r in results.items()})
     return out
 
@@ -166,23 +168,33 @@ def report(metrics: dict, ks: list[int]) -> str:
     return "\n".join(lines)
 
 
-def update_model_card(model_dir: Path, metrics: dict, ks: list[int]) -> Path:
+def model_card_path(model_dir: str | Path) -> Path:
+    """The model card of a trained model's folder, which must exist (recipes/sft.py writes it)."""
+    card = Path(model_dir) / schema.MODEL_CARD_FILE
+    if not card.is_file():
+        raise FileNotFoundError(f"{card} not found: model_card must be a folder written by recipes/sft.py "
+                                "(or msr quickstart)")
+    return card
+
+
+def update_model_card(model_dir: str | Path, metrics: dict, ks: list[int], run_dir: str | Path = "") -> Path:
     """Put this split's evaluation table into the model card (README.md) of ``model_dir``, between
     markers, so re-evaluating replaces it and the rest of the card stays as training wrote it."""
-    from msr.train import CARD_FILE
-
-    card = model_dir / CARD_FILE
-    if not card.is_file():
-        raise FileNotFoundError(f"{card} not found: model_card must be a directory written by recipes/sft.py")
+    card = model_card_path(model_dir)
     begin, end = f"<!-- msr evaluate {metrics['split']} -->", f"<!-- /msr evaluate {metrics['split']} -->"
-    section = f"{begin}\n## {report(metrics, ks).removeprefix('# ')}{end}\n"
+    source = f"From `msr evaluate` on the run `{run_dir}` (its report.md, metrics.json and roc.png).\n\n" if run_dir else ""
+    section = f"{begin}\n## {report(metrics, ks).removeprefix('# ')}{source}{end}\n"
     text = card.read_text(encoding="utf-8")
-    if begin in text and end in text:
-        head, rest = text.split(begin, 1)
-        text = head + section + rest.split(end, 1)[1].removeprefix("\n")
+    start, stop = text.find(begin), text.find(end)
+    if (start < 0) != (stop < 0) or stop < start:
+        raise ValueError(f"{card}: the markers {begin} ... {end} are incomplete or out of order; repair or "
+                         "remove them by hand")
+    if start >= 0:
+        text = text[:start] + section + text[stop + len(end):].removeprefix("\n")
     else:
         text = text.rstrip("\n") + "\n\n" + section
-    card.write_text(text, encoding="utf-8")
+    with atomic_path(card) as tmp:
+        tmp.write_text(text, encoding="utf-8")
     return card
 
 

@@ -42,7 +42,8 @@ ITEM_SUMMARY_TABLE = "item_summaries.parquet"  # the current summary of every it
 USER_STATES_FILE = "user_states.jsonl"  # append-only cache, one record per user per block cutoff
 USER_SUMMARIES_FILE = "user_summaries.parquet"  # the preference text of every example's history
 
-SFT_DIR = "sft"  # sft/{split}: `datasets` on disk, TRL prompt/completion rows
+SFT_DIR = "sft"
+MODEL_CARD_FILE = "README.md"  # beside trained weights: base model, data, arguments, metrics  # sft/{split}: `datasets` on disk, TRL prompt/completion rows
 
 # item_summaries.parquet (ITEM as above) and user_summaries.parquet (USER, HISTORY_LEN as above)
 SUMMARY = "summary"

@@ -21,14 +21,13 @@ from peft import LoraConfig
 from transformers.trainer_utils import get_last_checkpoint
 from trl import ModelConfig, SFTConfig, SFTTrainer
 
-from msr import __version__
+from msr import __version__, schema
 from msr.data.sft import STAGE as SFT_STAGE
 from msr.data.sft import load_sft_split
 from msr.models import load_model, lora_target_regex
 from msr.rundir import RunDir
 
 log = logging.getLogger(__name__)
-CARD_FILE = "README.md"
 FINGERPRINT_FILE = "msr_training.json"
 # SFTConfig fields that decide what a run learns (logging, saving and evaluation cadence do not)
 _LEARNING_FIELDS = ("learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
@@ -175,4 +174,4 @@ def write_model_card(out: Path, script: SftScriptArguments, training: SFTConfig,
         "```",
         "",
     ]
-    (out / CARD_FILE).write_text("\n".join(lines), encoding="utf-8")
+    (out / schema.MODEL_CARD_FILE).write_text("\n".join(lines), encoding="utf-8")

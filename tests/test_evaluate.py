@@ -122,3 +122,6 @@ def test_the_model_card_gets_the_table_once(tmp_path: Path) -> None:
     assert text.count("## Evaluation: test split") == 1 and "| sft | 0.8000 |" in text and "0.7500" not in text
     with pytest.raises(FileNotFoundError, match="recipes/sft.py"):
         update_model_card(tmp_path / "missing", metrics, [1])
+    card.write_text(text.replace("<!-- msr evaluate test -->", ""), encoding="utf-8")  # a hand-broken card
+    with pytest.raises(ValueError, match="incomplete or out of order"):
+        update_model_card(tmp_path, metrics, [1])
