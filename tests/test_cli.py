@@ -56,3 +56,14 @@ def test_quickstart_runs_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixtu
     weights = (run / "sft_model" / "model.safetensors").read_bytes()
     assert main([*args[:-1], "1"]) == 0
     assert (run / "sft_model" / "model.safetensors").read_bytes() != weights
+
+
+@pytest.mark.slow
+def test_quickstart_models_beat_popularity(tmp_path: Path) -> None:
+    """The README's claim, at the quickstart's full default size (about 4 minutes on 2 cores)."""
+    assert main(["quickstart", "--run_dir", str(tmp_path / "qs")]) == 0
+    metrics = json.loads((tmp_path / "qs" / "metrics.json").read_text())["methods"]
+    auc = {name: values["auc"] for name, values in metrics.items()}
+    assert auc["sft"] > auc["popularity"] + 0.1 and auc["sft"] > auc["zero_shot"] + 0.1, auc
+    assert auc["graph"] > auc["popularity"] + 0.1, auc
+    assert metrics["sft"]["ndcg@5"] > metrics["popularity"]["ndcg@5"], metrics
