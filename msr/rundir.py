@@ -8,18 +8,34 @@ Append-only JSONL files are flushed per record, so a killed stage resumes from i
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from msr import __version__, schema
+
+
+def digest(*parts: object) -> str:
+    """A stable hash of JSON-serialisable parts: the cache and stage key of every stage."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a file's bytes, read in chunks (weights and tables can be large)."""
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            sha.update(chunk)
+    return sha.hexdigest()
 
 
 @contextmanager

@@ -10,7 +10,6 @@ process merges them.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -25,9 +24,8 @@ from msr import schema
 from msr.data.sft import STAGE as SFT_STAGE
 from msr.data.sft import CandidatePrompts, SftDataConfig, candidates
 from msr.models import load_model, resolve_device
-from msr.rundir import JsonlLog, RunDir, write_parquet
+from msr.rundir import JsonlLog, RunDir, digest, file_sha256, write_parquet
 from msr.score import Scorer
-from msr.summarize.items import digest
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +70,7 @@ def _fingerprint(cfg: ScoreConfig, settings: SftDataConfig) -> str:
     weights = []
     for folder in (cfg.model, cfg.adapter):
         if folder and Path(folder).is_dir():
-            weights += [(f.name, hashlib.sha256(f.read_bytes()).hexdigest() if f.stat().st_size < 2**30
+            weights += [(f.name, file_sha256(f) if f.stat().st_size < 2**30
                          else f.stat().st_size) for f in sorted(Path(folder).glob("*.safetensors"))]
     return digest(cfg.model, cfg.adapter, weights, dataclasses.asdict(settings), cfg.dtype, cfg.load_in_4bit,
                   cfg.max_pixels)[:12]

@@ -14,7 +14,6 @@ graph/model.safetensors, graph/state.json (training record), graph/metrics.json,
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import time
@@ -42,7 +41,15 @@ from msr.graph.data import (
 from msr.graph.encode import embed_texts, encoder_key, resolve_encoder
 from msr.graph.model import MODEL_FILE, STATE_FILE, Pairs, Towers, fit, init_towers
 from msr.graph.ranking import recall_ndcg, target_ranks
-from msr.rundir import RunDir, atomic_path, write_json, write_parquet
+from msr.models import resolve_device
+from msr.rundir import (
+    RunDir,
+    atomic_path,
+    digest,
+    file_sha256,
+    write_json,
+    write_parquet,
+)
 
 log = logging.getLogger(__name__)
 TRAIN_STAGE, EVAL_STAGE = "graph.train", "graph.evaluate"
@@ -60,23 +67,6 @@ class Features:
     users: np.ndarray
 
 
-def _device(cfg: GraphConfig) -> torch.device:
-    """The torch device of `cfg.device` (auto: cuda when available, else cpu)."""
-    return torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                        "cpu" if cfg.device == "auto" else cfg.device)
-
-
-def _file_digest(run: RunDir, names: list[str]) -> str:
-    """A short sha256 over the names and contents of the run's files `names`."""
-    digest = hashlib.sha256()
-    for name in names:
-        digest.update(name.encode())
-        with run.path(name).open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()[:16]
-
-
 def train_digest(cfg: GraphConfig, run: RunDir) -> str:
     """Hash of everything the trained model depends on: settings, encoder weights, input tables."""
     inputs = [schema.ITEMS_FILE, schema.INTERACTIONS_FILE, schema.EXAMPLES_FILE]
@@ -87,18 +77,19 @@ def train_digest(cfg: GraphConfig, run: RunDir) -> str:
         if name in inputs and not run.path(name).exists():
             raise FileNotFoundError(f"{run.path(name)} not found: run `{command}` on this run first")
     run.require(*inputs)
-    parts = [config_hash(cfg, exclude=_NOT_HASHED), encoder_key(resolve_encoder(cfg.encoder)), _file_digest(run, inputs)]
-    return hashlib.sha256("/".join(parts).encode()).hexdigest()[:16]
+    return digest(config_hash(cfg, exclude=_NOT_HASHED), encoder_key(resolve_encoder(cfg.encoder)),
+                  [(name, file_sha256(run.path(name))) for name in inputs])
 
 
 def embed(cfg: GraphConfig, run: RunDir, data: RunData) -> Features:
     """Item and user-text embeddings of the whole run, from the cache where it has them."""
     common = {"encoder": cfg.encoder, "cache_root": run.path(EMBEDDINGS_DIR), "device": cfg.device,
               "batch_size": cfg.encode_batch_size, "trust_remote_code": cfg.trust_remote_code}
-    items = embed_texts(item_texts(run, data, cfg.item_summary), desc="item texts", **common)
-    users = embed_texts(user_texts(run, data, data.examples, cfg.user_summary, cfg.history_titles),
-                        desc="user texts", **common)
-    return Features(items=items, users=users)
+    items = item_texts(run, data, cfg.item_summary)
+    users = user_texts(run, data, data.examples, cfg.user_summary, cfg.history_titles)
+    # one call: the encoder is loaded, and the cache read, once for both
+    vectors = embed_texts(items + users, desc="item and user texts", **common)
+    return Features(items=vectors[:len(items)], users=vectors[len(items):])
 
 
 def _split_rows(data: RunData, split: str) -> pd.DataFrame:
@@ -115,9 +106,9 @@ def train_graph(cfg: GraphConfig) -> dict:
     """Train the graph recommender (or skip when current); return the training record."""
     cfg.validate()
     run = RunDir(cfg.run_dir)
-    digest = train_digest(cfg, run)
+    key = train_digest(cfg, run)
     outputs = [GRAPH_FILE, f"{GRAPH_DIR}/{MODEL_FILE}", f"{GRAPH_DIR}/{STATE_FILE}"]
-    if not cfg.force and run.is_current(TRAIN_STAGE, digest):
+    if not cfg.force and run.is_current(TRAIN_STAGE, key):
         log.info("graph train: model in %s is current (use --force to redo)", run.path(GRAPH_DIR))
         return json.loads(run.path(f"{GRAPH_DIR}/{STATE_FILE}").read_text(encoding="utf-8"))
     t0 = time.perf_counter()
@@ -134,7 +125,7 @@ def train_graph(cfg: GraphConfig) -> dict:
         sp.save_npz(f, graph)
     log.info("graph: %d items, %d edges (%.1f per item)", graph.shape[0], graph.nnz, graph.nnz / max(graph.shape[0], 1))
 
-    device = _device(cfg)
+    device = torch.device(resolve_device(cfg.device))
     item_features = torch.as_tensor(propagate(graph, features.items), device=device)
     coo = incidence.tocoo()
     pairs = Pairs(user_features=torch.as_tensor(features.users[train.index.to_numpy()], device=device),
@@ -149,11 +140,11 @@ def train_graph(cfg: GraphConfig) -> dict:
         return recall_ndcg(ranks, [cfg.stop_k])[f"recall@{cfg.stop_k}"]
 
     towers = init_towers(features.items.shape[1], cfg.hidden_dim, cfg.embed_dim, cfg.seed).to(device)
-    record = fit(towers, item_features, pairs, validate, run.path(GRAPH_DIR), digest, cfg.learning_rate,
+    record = fit(towers, item_features, pairs, validate, run.path(GRAPH_DIR), key, cfg.learning_rate,
                  cfg.batch_size, cfg.max_epochs, cfg.patience, cfg.seed, resume=not cfg.force)
     record.update(edges=int(graph.nnz), train_pairs=len(train), seconds=round(time.perf_counter() - t0, 2))
     write_json(run.path(f"{GRAPH_DIR}/{STATE_FILE}"), record)
-    run.record(TRAIN_STAGE, digest, dataclasses.asdict(cfg), outputs)
+    run.record(TRAIN_STAGE, key, dataclasses.asdict(cfg), outputs)
     log.info("graph train: best valid recall@%d %.4f at epoch %d of %d", cfg.stop_k, record["best"],
              record["best_epoch"], record["epoch"])
     return record
@@ -185,15 +176,15 @@ def evaluate_graph(cfg: GraphConfig) -> dict:
     if not run.is_current(TRAIN_STAGE, trained):
         raise FileNotFoundError(f"{run.path(GRAPH_DIR)}: no trained model for these settings and inputs: run "
                                 "`msr graph train` with the same settings first")
-    digest = hashlib.sha256(f"{trained}/{cfg.ks}/{cfg.output}".encode()).hexdigest()[:16]
-    if not cfg.force and run.is_current(EVAL_STAGE, digest):
+    key = digest(trained, cfg.ks, cfg.output)
+    if not cfg.force and run.is_current(EVAL_STAGE, key):
         log.info("graph evaluate: outputs in %s are current (use --force to redo)", run.root)
         return json.loads(run.path(METRICS_FILE).read_text(encoding="utf-8"))
     data = load_run(run)
     features = embed(cfg, run, data)
     with run.path(GRAPH_FILE).open("rb") as f:
         graph = sp.load_npz(f)
-    device = _device(cfg)
+    device = torch.device(resolve_device(cfg.device))
     towers = Towers(features.items.shape[1], cfg.hidden_dim, cfg.embed_dim)
     towers.load_state_dict(load_file(str(run.path(f"{GRAPH_DIR}/{MODEL_FILE}"))))
     towers.to(device).eval()
@@ -214,7 +205,7 @@ def evaluate_graph(cfg: GraphConfig) -> dict:
             scored.append(table.drop(columns=[schema.CUTOFF_TS]))
     write_parquet(run.path(cfg.output), pa.Table.from_pandas(pd.concat(scored, ignore_index=True), preserve_index=False))
     write_json(run.path(METRICS_FILE), metrics)
-    run.record(EVAL_STAGE, digest, dataclasses.asdict(cfg), [cfg.output, METRICS_FILE])
+    run.record(EVAL_STAGE, key, dataclasses.asdict(cfg), [cfg.output, METRICS_FILE])
     log.info("graph evaluate: test %s", {k: round(v, 4) for k, v in metrics[schema.TEST].items()})
     return metrics
 

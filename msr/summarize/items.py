@@ -8,8 +8,6 @@ even load the model.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from pathlib import Path
 
@@ -19,20 +17,15 @@ from tqdm.auto import tqdm
 
 from msr import schema
 from msr.prompts import Prompt, load_prompt
-from msr.rundir import JsonlLog, RunDir, write_parquet
+from msr.rundir import JsonlLog, RunDir, digest, file_sha256, write_parquet
 from msr.summarize.backends import Backend, GenerationSettings, Request
 from msr.summarize.config import SummarizeConfig, make_backend
 
 log = logging.getLogger(__name__)
 
 
-def digest(*parts: object) -> str:
-    """A stable hash of JSON-serialisable parts (the cache-key function of all summarizers)."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
-
-
 def _file_digest(path: str | None) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest() if path else ""
+    return file_sha256(path) if path else ""
 
 
 def _description(item: dict) -> str:

@@ -25,10 +25,10 @@ from tqdm.auto import tqdm
 
 from msr import schema
 from msr.prompts import load_prompt
-from msr.rundir import JsonlLog, RunDir, write_parquet
+from msr.rundir import JsonlLog, RunDir, digest, write_parquet
 from msr.summarize.backends import Backend, Request
 from msr.summarize.config import SummarizeConfig, make_backend
-from msr.summarize.items import digest, load_item_summaries
+from msr.summarize.items import load_item_summaries
 
 log = logging.getLogger(__name__)
 STAGE = "summarize.users"
@@ -41,7 +41,7 @@ class State:
     user: str
     prefix_len: int
     key: str
-    prev: "State | None"
+    prev: State | None
     block: tuple[str, ...]  # item ids folded in by this state (the whole history in direct mode)
 
 
