@@ -7,9 +7,7 @@ after an interruption continues where it stopped.
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +33,7 @@ from msr.summarize.config import SummarizeConfig
 from msr.summarize.items import summarize_items
 from msr.summarize.users import summarize_users
 from msr.tiny import VLM_FAMILIES, TinyConfig, build_from_config
-from msr.train import FINGERPRINT_FILE, SftScriptArguments, train, training_fingerprint
+from msr.train import SftScriptArguments, train
 
 log = logging.getLogger(__name__)
 SFT_MODEL_DIR = "sft_model"
@@ -128,12 +126,7 @@ def _train(run: RunDir, cfg: QuickstartConfig, model: str) -> Path:
     stages = run.manifest()["stages"]
     digest = config_hash(cfg, exclude=("run_dir",)) + stages["data.sft"]["config_hash"]
     if not run.is_current("sft.train", digest):
-        fingerprint = out / FINGERPRINT_FILE
-        if out.exists() and (not fingerprint.is_file() or json.loads(fingerprint.read_text(encoding="utf-8"))
-                             != training_fingerprint(script, training, model_cfg)):
-            log.info("quickstart: the training settings or rows changed, so %s starts over", out)
-            shutil.rmtree(out)
-        train(script, training, model_cfg)
+        train(script, training, model_cfg, restart_if_changed=True)  # new settings start over
         run.record("sft.train", digest, {"learning_rate": cfg.learning_rate, "epochs": cfg.epochs,
                                          "batch_size": cfg.batch_size}, [f"{SFT_MODEL_DIR}/model.safetensors"])
     return out

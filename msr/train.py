@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,31 +106,38 @@ def training_fingerprint(script: SftScriptArguments, training: SFTConfig, model_
                                   "model": dataclasses.asdict(model_cfg)}, sort_keys=True, default=str))
 
 
-def claim_output_dir(out: Path, fingerprint: dict) -> None:
-    """Record `fingerprint` in `out`, or refuse when `out` holds checkpoints of other settings."""
+def claim_output_dir(out: Path, fingerprint: dict, restart: bool = False) -> None:
+    """Record `fingerprint` in `out`. When `out` holds checkpoints of other settings, refuse, or with
+    `restart` delete them so training starts over."""
     path = out / FINGERPRINT_FILE
+    conflict = None
     if path.is_file():
         stored = json.loads(path.read_text(encoding="utf-8"))
         if stored != fingerprint:
             changed = sorted(f"{part}.{k}" for part in fingerprint for k in
                              set(fingerprint[part]) | set(stored.get(part, {}))
                              if fingerprint[part].get(k) != stored.get(part, {}).get(k))
-            raise ValueError(f"{out} holds a run with other settings (changed: {', '.join(changed)}); "
-                             "resuming it would train the wrong thing: delete it or choose another output_dir")
+            conflict = f"{out} holds a run with other settings (changed: {', '.join(changed)})"
     elif out.is_dir() and get_last_checkpoint(str(out)):
-        raise ValueError(f"{out} holds checkpoints without {FINGERPRINT_FILE}: delete it or choose another "
+        conflict = f"{out} holds checkpoints without {FINGERPRINT_FILE}"
+    if conflict and restart:
+        log.info("%s: starting over", conflict)
+        shutil.rmtree(out)
+    elif conflict:
+        raise ValueError(f"{conflict}; resuming it would train the wrong thing: delete it or choose another "
                          "output_dir")
     out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(fingerprint, indent=2, sort_keys=True), encoding="utf-8")
 
 
 def train(script: SftScriptArguments, training: SFTConfig, model_cfg: ModelConfig,
-          trainer: SFTTrainer | None = None) -> Path:
-    """Fine-tune (resuming from the last checkpoint in output_dir when it has the same settings),
-    then save the adapter (or model) with its processor and a model card; return the folder."""
+          trainer: SFTTrainer | None = None, restart_if_changed: bool = False) -> Path:
+    """Fine-tune (resuming from the last checkpoint in output_dir when it has the same settings;
+    with other settings refusing, or starting over with `restart_if_changed`), then save the adapter
+    (or model) with its processor and a model card; return the folder."""
     out = Path(training.output_dir)
     if training.process_index == 0:
-        claim_output_dir(out, training_fingerprint(script, training, model_cfg))
+        claim_output_dir(out, training_fingerprint(script, training, model_cfg), restart_if_changed)
     trainer = trainer or build_trainer(script, training, model_cfg)
     last = get_last_checkpoint(str(out)) if out.is_dir() else None
     if last:

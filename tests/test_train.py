@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -111,3 +112,5 @@ def test_a_checkpoint_of_other_settings_is_never_resumed(sft_run: dict, tmp_path
     script, training, model_cfg = _args(sft_run, out, max_steps=2, learning_rate=1e-3)
     with pytest.raises(ValueError, match=r"other settings \(changed: training.learning_rate\)"):
         train(script, training, model_cfg)
+    train(script, training, model_cfg, restart_if_changed=True)  # the quickstart's way: start over
+    assert json.loads((out / FINGERPRINT_FILE).read_text())["training"]["learning_rate"] == 1e-3
