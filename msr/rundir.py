@@ -132,13 +132,14 @@ class RunDir:
         return self.root / name
 
     def require(self, *names: str) -> None:
-        """Fail clearly when a stage's inputs are missing (an earlier stage was not run)."""
+        """Fail clearly when a stage's inputs are missing, naming the command that writes them."""
         missing = [n for n in names if not self.path(n).exists()]
         if missing:
-            raise FileNotFoundError(
-                f"{self.root}: missing {', '.join(missing)}; run the stage that produces it first "
-                f"(e.g. `msr data prepare`)"
-            )
+            tops = (name.split("/")[0] for name in missing)
+            known = dict.fromkeys(schema.PRODUCED_BY[top] for top in tops if top in schema.PRODUCED_BY)
+            hint = ", ".join(f"`{command}`" for command in known) or "e.g. `msr data prepare`"
+            raise FileNotFoundError(f"{self.root}: missing {', '.join(missing)}; run the stage that produces it "
+                                    f"first ({hint})")
 
     def manifest(self) -> dict:
         path = self.path(schema.MANIFEST_FILE)

@@ -43,6 +43,10 @@ USER_STATES_FILE = "user_states.jsonl"  # append-only cache, one record per user
 USER_SUMMARIES_FILE = "user_summaries.parquet"  # the preference text of every example's history
 
 SFT_DIR = "sft"
+# the command that writes each input a later stage requires (named when it is missing)
+PRODUCED_BY = {ITEMS_FILE: "msr data prepare", INTERACTIONS_FILE: "msr data prepare",
+               EXAMPLES_FILE: "msr data prepare", ITEM_SUMMARY_TABLE: "msr summarize items",
+               USER_SUMMARIES_FILE: "msr summarize users", SFT_DIR: "msr data sft"}
 MODEL_CARD_FILE = "README.md"  # beside trained weights: base model, data, arguments, metrics  # sft/{split}: `datasets` on disk, TRL prompt/completion rows
 
 # item_summaries.parquet (ITEM as above) and user_summaries.parquet (USER, HISTORY_LEN as above)

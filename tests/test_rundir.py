@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
+from msr import schema
 from msr.rundir import JsonlLog, RunDir, atomic_path, write_json
 
 
 def test_atomic_path_leaves_nothing_on_failure(tmp_path: Path) -> None:
     target = tmp_path / "out.json"
-    with pytest.raises(RuntimeError):
-        with atomic_path(target) as tmp:
-            tmp.write_text("half")
-            raise RuntimeError("killed")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed")
     assert not target.exists() and list(tmp_path.iterdir()) == []
     write_json(target, {"b": 1, "a": 2})
     assert json.loads(target.read_text()) == {"a": 2, "b": 1}
@@ -55,3 +55,10 @@ def test_jsonl_log_survives_a_killed_process(tmp_path: Path) -> None:
     assert subprocess.run([sys.executable, "-c", script]).returncode == 9
     log = JsonlLog(path, key="id")
     assert len(log) == 42 and log.torn_lines == 0
+
+
+def test_require_names_the_command_that_writes_a_missing_input(tmp_path: Path) -> None:
+    run = RunDir(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"user_summaries.parquet, sft/train; .*\(`msr summarize users`, "
+                                                r"`msr data sft`\)"):
+        run.require(schema.USER_SUMMARIES_FILE, f"{schema.SFT_DIR}/train")

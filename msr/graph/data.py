@@ -126,9 +126,7 @@ def item_texts(run: RunDir, data: RunData, item_summary: bool) -> list[str]:
     """Each item's text, in item-code order: title, brand, first category, description, item summary."""
     summaries: dict[str, str] = {}
     if item_summary:
-        if not run.path(schema.ITEM_SUMMARY_TABLE).exists():
-            raise FileNotFoundError(f"{run.path(schema.ITEM_SUMMARY_TABLE)} not found: run `msr summarize items` "
-                                    "on this run first (or set item_summary: false)")
+        run.require(schema.ITEM_SUMMARY_TABLE)
         table = pd.read_parquet(run.path(schema.ITEM_SUMMARY_TABLE))
         summaries = dict(zip(table[schema.ITEM], table[schema.SUMMARY]))
     texts = []
@@ -147,9 +145,7 @@ def user_texts(run: RunDir, data: RunData, examples: pd.DataFrame, user_summary:
     """The user text of each example row: preference text at its cutoff, then its last history titles."""
     summaries: dict[tuple[str, int], str] = {}
     if user_summary:
-        if not run.path(schema.USER_SUMMARIES_FILE).exists():
-            raise FileNotFoundError(f"{run.path(schema.USER_SUMMARIES_FILE)} not found: run `msr summarize users` "
-                                    "on this run first (or set user_summary: false with history_titles > 0)")
+        run.require(schema.USER_SUMMARIES_FILE)
         table = pd.read_parquet(run.path(schema.USER_SUMMARIES_FILE))
         summaries = dict(zip(zip(table[schema.USER], table[schema.HISTORY_LEN]), table[schema.SUMMARY]))
     titles = data.items[schema.TITLE].to_numpy()

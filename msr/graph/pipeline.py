@@ -72,10 +72,6 @@ def train_digest(cfg: GraphConfig, run: RunDir) -> str:
     inputs = [schema.ITEMS_FILE, schema.INTERACTIONS_FILE, schema.EXAMPLES_FILE]
     inputs += [schema.ITEM_SUMMARY_TABLE] if cfg.item_summary else []
     inputs += [schema.USER_SUMMARIES_FILE] if cfg.user_summary else []
-    for name, command in ((schema.ITEM_SUMMARY_TABLE, "msr summarize items"),
-                          (schema.USER_SUMMARIES_FILE, "msr summarize users")):
-        if name in inputs and not run.path(name).exists():
-            raise FileNotFoundError(f"{run.path(name)} not found: run `{command}` on this run first")
     run.require(*inputs)
     return digest(config_hash(cfg, exclude=_NOT_HASHED), encoder_key(resolve_encoder(cfg.encoder)),
                   [(name, file_sha256(run.path(name))) for name in inputs])
