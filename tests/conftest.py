@@ -2,24 +2,10 @@
 
 from __future__ import annotations
 
-import gzip
-import json
 from pathlib import Path
 
 import pytest
-from PIL import Image
-
-
-def write_jpeg(path: Path, colour: tuple[int, int, int] = (200, 30, 30)) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (32, 32), colour).save(path, format="JPEG")
-
-
-def write_jsonl(path: Path, rows: list, gz: bool = False, extra_lines: tuple[str, ...] = ()) -> Path:
-    lines = [json.dumps(r) if not isinstance(r, str) else r for r in rows] + list(extra_lines)
-    data = ("\n".join(lines) + "\n").encode()
-    path.write_bytes(gzip.compress(data, mtime=0) if gz else data)
-    return path
+from helpers import write_jpeg
 
 
 @pytest.fixture
@@ -49,7 +35,13 @@ def microlens_dir(tmp_path: Path) -> Path:
 def tiny_run_template(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A prepared embedded dataset (40 users, 40 items) with a tiny VLM and a tiny LM, built once."""
     from msr.data.prepare import PrepareConfig, prepare
-    from msr.data.synthetic import COVERS_DIR, PAIRS_FILE, TITLES_FILE, SynthConfig, generate
+    from msr.data.synthetic import (
+        COVERS_DIR,
+        PAIRS_FILE,
+        TITLES_FILE,
+        SynthConfig,
+        generate,
+    )
     from msr.tiny import build_tiny_lm, build_tiny_vlm
 
     root = tmp_path_factory.mktemp("tiny_run")

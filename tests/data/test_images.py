@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import write_jpeg
+from helpers import write_jpeg
 from msr.data import images
 
 

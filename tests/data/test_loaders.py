@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import write_jpeg, write_jsonl
+from helpers import write_jpeg, write_jsonl
 from msr import schema
 from msr.data.loaders import read_dataset
 

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import write_jsonl
+from helpers import write_jsonl
 from msr import schema
 from msr.data.prepare import PrepareConfig, prepare
 
