@@ -115,15 +115,31 @@ def load_model(name: str, dtype: str = "auto", device: str = "auto", load_in_4bi
         if not load_in_4bit:
             model.to(device)
         model.eval()
-    extra = {"max_pixels": max_pixels} if vlm and max_pixels else {}
-    processor = (AutoProcessor if vlm else AutoTokenizer).from_pretrained(
-        name, trust_remote_code=trust_remote_code, **extra)
+    processor = (AutoProcessor if vlm else AutoTokenizer).from_pretrained(name, trust_remote_code=trust_remote_code)
+    if max_pixels:
+        cap_pixels(processor, max_pixels, name)
     tokenizer = processor.tokenizer if vlm else processor
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     log.info("loaded %s%s (%s, %s, %s%s)", name, f" + adapter {adapter}" if adapter else "",
              "VLM" if vlm else "LM", device, torch_dtype, ", 4-bit" if load_in_4bit else "")
     return LoadedModel(model, processor, tokenizer, vlm, name)
+
+
+def cap_pixels(processor: Any, max_pixels: int, name: str = "the model") -> None:
+    """Cap the pixels per image of a processor that resizes by area (Qwen2-VL family: tokens per image
+    <= max_pixels / (patch x merge)^2). A processor without that notion is an error, not a silently
+    ignored setting. (msr sends no videos, so the video processor is left as it is.)"""
+    from transformers.image_processing_utils import SizeDict
+
+    images = getattr(processor, "image_processor", None)
+    size = getattr(images, "size", None)
+    if getattr(size, "longest_edge", None) is None or getattr(size, "shortest_edge", None) is None:
+        raise ValueError(f"max_pixels: {name}'s {type(images or processor).__name__} does not resize by area "
+                         "(only the Qwen2-VL family's do); remove max_pixels")
+    if max_pixels < size.shortest_edge:
+        raise ValueError(f"max_pixels {max_pixels} is below {name}'s minimum of {size.shortest_edge} pixels per image")
+    images.size = SizeDict(shortest_edge=size.shortest_edge, longest_edge=max_pixels)
 
 
 def load_encoder(name: str, device: str = "auto", trust_remote_code: bool = False) -> SentenceTransformer:

@@ -5,8 +5,11 @@ from a left-padded batch. With prefix reuse, the tokens every candidate of an ex
 (chat header, the user's preference text and history) are prefilled once and their KV cache is
 repeated over the candidates, whose own tokens then run with explicit position ids. The prefix
 stops before the first multimodal token: image placeholders are identical ids with different
-pixels. Families whose positions depend on the images (M-RoPE: Qwen2-VL and later) always use
-the full-prompt path, and say so.
+pixels. Families whose rotary positions are 3-D and depend on the images (M-RoPE: Qwen2-VL,
+Qwen2.5-VL, Qwen3-VL) get the suffix's positions from the model's own rope index over the full
+prompt: a text-only prefix has plain positions 0..n-1 on all three axes, so the prefilled prefix
+plus those positions reproduce full-prompt logits. Other families whose positions depend on the
+images, unverified here, score full prompts and say so.
 """
 
 from __future__ import annotations
@@ -21,8 +24,13 @@ from msr.models import LoadedModel, image_batches
 
 log = logging.getLogger(__name__)
 
-# model types whose rotary positions are not a plain 1-D count of tokens
-POSITION_UNSAFE = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "glm4v")
+# M-RoPE model types whose `get_rope_index(input_ids, mm_token_type_ids, image_grid_thw, ...,
+# attention_mask)` gives full-prompt positions; the suffix reuses them (exact, tested)
+MROPE_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
+# model types whose positions depend on the images in a way msr does not reproduce: full prompts
+POSITION_UNSAFE = ("glm4v", "glm4v_moe")
+# per-token inputs the processor returns beside input_ids, sliced like the ids for the suffix
+_PER_TOKEN = ("mm_token_type_ids", "token_type_ids")
 
 
 def _render(processor, messages: list[dict], **kwargs) -> str:
@@ -52,14 +60,16 @@ def answer_token_ids(loaded: LoadedModel) -> tuple[int, int]:
 
 
 def _multimodal_ids(loaded: LoadedModel) -> set[int]:
-    """Token ids that mark or hold an image: the prefix must stop before any of them."""
-    tokenizer = loaded.tokenizer
-    keep = {tokenizer.bos_token_id, tokenizer.pad_token_id}
-    ids = {i for i in tokenizer.all_special_ids if i not in keep}
-    for name in ("image_token_id", "image_token_index"):
-        value = getattr(loaded.model.config, name, None)
-        if value is not None:
-            ids.add(value)
+    """Token ids the model replaces by image (or video) features: identical ids carrying different
+    pixels, so the shared prefix must stop before the first of them."""
+    ids = set()
+    for owner in (loaded.model.config, loaded.processor):
+        for name in ("image_token_id", "image_token_index", "video_token_id", "video_token_index"):
+            value = getattr(owner, name, None)
+            if isinstance(value, int):
+                ids.add(value)
+    if loaded.is_vlm and not ids:
+        raise ValueError(f"{loaded.name}: no image token id in the config or processor; run with --prefix_reuse false")
     return ids
 
 
@@ -73,8 +83,9 @@ class Scorer:
         model_type = loaded.model.config.model_type
         self.prefix_reuse = prefix_reuse and model_type not in POSITION_UNSAFE
         if prefix_reuse and not self.prefix_reuse:
-            log.warning("%s: %s positions depend on the images; scoring full prompts (no prefix reuse)",
-                        loaded.name, model_type)
+            log.warning("%s: %s positions depend on the images in a way msr does not reproduce; scoring full "
+                        "prompts (no prefix reuse)", loaded.name, model_type)
+        self.rope_index = _rope_index_owner(loaded.model) if model_type in MROPE_TYPES else None
         self.stop_ids = _multimodal_ids(loaded)
         self.reused_tokens = 0  # prefix tokens not recomputed thanks to prefix reuse
         loaded.tokenizer.padding_side = "left"
@@ -113,24 +124,56 @@ class Scorer:
         length = int(same.long().cumprod(0).sum())
         marks = [i for i, t in enumerate(first.tolist()) if t in self.stop_ids]
         length = min(length, marks[0] if marks else length, shortest - 1)
-        if length == 0:
-            return self.loaded.model(**inputs, logits_to_keep=1).logits[:, -1]
         model = self.loaded.model
-        prefix = model(input_ids=first[:length][None], attention_mask=torch.ones(1, length, dtype=torch.long,
-                       device=ids.device), use_cache=True).past_key_values
-        cache = prefix
-        cache.batch_repeat_interleave(len(rows))
-        self.reused_tokens += length * (len(rows) - 1)
+        if length == 0:
+            return model(**inputs, logits_to_keep=1).logits[:, -1]
+        device, n = ids.device, len(rows)
+        full_positions = self._full_positions(inputs)
+        prefix_positions = torch.arange(length, device=device)[None]
+        if full_positions is not None:  # a text-only prefix: the same plain count on every M-RoPE axis
+            prefix_positions = prefix_positions.expand(len(full_positions), 1, length)
+        cache = model(input_ids=first[:length][None], attention_mask=torch.ones(1, length, dtype=torch.long,
+                      device=device), position_ids=prefix_positions, use_cache=True).cache
+        cache.batch_repeat_interleave(n)
+        self.reused_tokens += length * (n - 1)
+
         width = max(len(r) for r in rows) - length
-        pad = self.loaded.tokenizer.pad_token_id
-        suffix = torch.full((len(rows), width), pad, dtype=ids.dtype, device=ids.device)
-        suffix_mask = torch.zeros((len(rows), width), dtype=torch.long, device=ids.device)
-        for r, row in enumerate(rows):
-            tail = row[length:]
-            suffix[r, width - len(tail):] = tail
-            suffix_mask[r, width - len(tail):] = 1
-        positions = length + (suffix_mask.cumsum(1) - 1).clamp(min=0)
-        extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
-        attention = torch.cat([torch.ones(len(rows), length, dtype=torch.long, device=ids.device), suffix_mask], 1)
-        return model(input_ids=suffix, attention_mask=attention, position_ids=positions, past_key_values=cache,
-                     logits_to_keep=1, **extra).logits[:, -1]
+        starts = [ids.shape[1] - len(row) + length for row in rows]  # each suffix's first column in `ids`
+        suffix = torch.full((n, width), self.loaded.tokenizer.pad_token_id, dtype=ids.dtype, device=device)
+        suffix_mask = torch.zeros((n, width), dtype=torch.long, device=device)
+        per_token = {k: torch.zeros((n, width), dtype=inputs[k].dtype, device=device)
+                     for k in _PER_TOKEN if k in inputs}
+        positions = None if full_positions is None else torch.zeros(
+            (len(full_positions), n, width), dtype=full_positions.dtype, device=device)
+        for r, start in enumerate(starts):
+            tail = slice(width - (ids.shape[1] - start), width)
+            suffix[r, tail] = ids[r, start:]
+            suffix_mask[r, tail] = 1
+            for key, values in per_token.items():
+                values[r, tail] = inputs[key][r, start:]
+            if positions is not None:
+                positions[:, r, tail] = full_positions[:, r, start:]
+        if positions is None:
+            positions = length + (suffix_mask.cumsum(1) - 1).clamp(min=0)
+        extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask", *per_token)}
+        attention = torch.cat([torch.ones(n, length, dtype=torch.long, device=device), suffix_mask], 1)
+        return model(input_ids=suffix, attention_mask=attention, position_ids=positions, cache=cache,
+                     logits_to_keep=1, **per_token, **extra).logits[:, -1]
+
+    def _full_positions(self, inputs: dict) -> torch.Tensor | None:
+        """The full prompts' 3-D positions (3, batch, length) from the model's own rope index (M-RoPE
+        families), or None for families with plain 1-D positions."""
+        if self.rope_index is None:
+            return None
+        positions, _ = self.rope_index.get_rope_index(
+            input_ids=inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"],
+            image_grid_thw=inputs.get("image_grid_thw"), attention_mask=inputs["attention_mask"])
+        return positions
+
+
+def _rope_index_owner(model: torch.nn.Module) -> torch.nn.Module:
+    """The submodule that computes M-RoPE positions (the multimodal base model, also under a PEFT wrapper)."""
+    owner = next((m for m in model.modules() if callable(getattr(m, "get_rope_index", None))), None)
+    if owner is None:
+        raise ValueError(f"{type(model).__name__}: an M-RoPE model without get_rope_index; run with --prefix_reuse false")
+    return owner

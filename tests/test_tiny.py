@@ -21,7 +21,11 @@ from msr.tiny import VLM_FAMILIES, build_tiny_lm, build_tiny_vlm, train_tokenize
 
 TEXTS = ["Wireless optical mouse", "Organic green tea, 100 bags", "Yesterday Once More (vinyl)"]
 QUESTION = "Will the user engage with this item? Answer Yes or No."
-IMAGE_TOKENS = {"llava": 16, "idefics3": 4}  # per 56x56 image: 4x4 patches, Idefics3 then shuffles 2x2 into one
+# image tokens of a 56x56 and an 80x40 image: LLaVA and Idefics3 resize to 56x56 (4x4 patches; Idefics3 shuffles 2x2
+# into one); LLaVA-NeXT adds "anyres" tiles by aspect ratio; the Qwen-VL families keep the aspect ratio in 28- (32-)
+# pixel units, merging 2x2 patches: 2x2 and 1x3 (Qwen3-VL: 1x2) tokens
+IMAGE_TOKENS = {"llava": [16, 16], "idefics3": [4, 4], "llava_next": [36, 52], "qwen2_5_vl": [4, 3],
+                "qwen3_vl": [4, 2]}
 
 
 def user_turn(text: str, image: bool = True) -> dict:
@@ -60,7 +64,7 @@ def test_vlm_forward_on_padded_batch(vlm_dir: Path):
 
     assert (batch["attention_mask"] == 0).any()
     n_image_tokens = (batch["input_ids"] == model.config.image_token_id).sum(dim=1)
-    assert n_image_tokens.tolist() == [IMAGE_TOKENS[vlm_dir.name]] * 2
+    assert n_image_tokens.tolist() == IMAGE_TOKENS[vlm_dir.name]
     with torch.no_grad():
         logits = model(**batch).logits
     assert logits.shape == (*batch["input_ids"].shape, len(processor.tokenizer))
@@ -99,7 +103,7 @@ def test_vlm_config_matches_its_tokenizer(vlm_dir: Path):
     text_config = model.config.get_text_config()
     assert tokenizer.pad_token == "<pad>" and tokenizer.padding_side == "right"
     assert text_config.vocab_size == len(tokenizer)
-    assert model.config.image_token_id == tokenizer.convert_tokens_to_ids("<image>")
+    assert model.config.image_token_id == tokenizer.convert_tokens_to_ids(AutoProcessor.from_pretrained(vlm_dir).image_token)
     for config in (text_config, model.generation_config):
         assert (config.pad_token_id, config.bos_token_id, config.eos_token_id) == (
             tokenizer.pad_token_id,
@@ -110,7 +114,7 @@ def test_vlm_config_matches_its_tokenizer(vlm_dir: Path):
 
 def test_vlm_has_a_vision_tower(vlm_dir: Path):
     model = AutoModelForImageTextToText.from_pretrained(vlm_dir)
-    n_vision = sum(p.numel() for name, p in model.named_parameters() if "vision" in name)
+    n_vision = sum(p.numel() for name, p in model.named_parameters() if "vision" in name or ".visual." in name)
     assert n_vision > 0
     assert model.num_parameters() < 1_000_000
 
@@ -149,7 +153,10 @@ def test_template_brings_its_own_bos(family: str):
     rendered = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     ids = tokenizer(rendered)["input_ids"]
     assert ids == tokenizer.apply_chat_template(messages, add_generation_prompt=True)["input_ids"]
-    assert ids[0] == tokenizer.bos_token_id and ids.count(tokenizer.bos_token_id) == 1
+    if tokenizer.bos_token is None:  # the Qwen-VL families have no bos: the first turn opens the prompt
+        assert rendered.startswith("<|im_start|>")
+    else:
+        assert ids[0] == tokenizer.bos_token_id and ids.count(tokenizer.bos_token_id) == 1
 
 
 def test_unknown_family_is_rejected(tmp_path: Path):
@@ -157,3 +164,20 @@ def test_unknown_family_is_rejected(tmp_path: Path):
         train_tokenizer(TEXTS, "qwen2_vl")
     with pytest.raises(ValueError, match="family"):
         build_tiny_vlm(tmp_path, "text")
+
+
+REAL_CLASSES = {  # what AutoProcessor / AutoModelForImageTextToText load for the family's published checkpoints
+    "llava": ("LlavaProcessor", "CLIPImageProcessor", "LlavaForConditionalGeneration"),
+    "llava_next": ("LlavaNextProcessor", "LlavaNextImageProcessor", "LlavaNextForConditionalGeneration"),
+    "idefics3": ("Idefics3Processor", "Idefics3ImageProcessor", "Idefics3ForConditionalGeneration"),
+    "qwen2_5_vl": ("Qwen2_5_VLProcessor", "Qwen2VLImageProcessor", "Qwen2_5_VLForConditionalGeneration"),
+    "qwen3_vl": ("Qwen3VLProcessor", "Qwen2VLImageProcessor", "Qwen3VLForConditionalGeneration"),
+}
+
+
+def test_vlm_loads_with_the_family_real_classes(vlm_dir: Path):
+    processor = AutoProcessor.from_pretrained(vlm_dir)
+    model = AutoModelForImageTextToText.from_pretrained(vlm_dir)
+    names = (type(processor).__name__, type(processor.image_processor).__name__, type(model).__name__)
+    assert names == REAL_CLASSES[vlm_dir.name]
+    assert set(REAL_CLASSES) == set(VLM_FAMILIES)

@@ -1,0 +1,184 @@
+"""Per family: the tiny model's config and its real processor classes (what `AutoProcessor` loads for that
+family's published checkpoints), sized so every family runs on a CPU in a fraction of a second.
+
+Images: LLaVA, LLaVA-NeXT and Idefics3 see 56x56 pixels in 14-pixel patches (LLaVA-NeXT also tiles larger
+images, "anyres"); the Qwen-VL families resize each image to a multiple of their 28-pixel (Qwen2.5-VL) or
+32-pixel (Qwen3-VL) merge unit between `min_pixels` and `max_pixels`, so differently sized images cost
+different token counts, as with the real models.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from transformers import (
+    CLIPImageProcessor,
+    CLIPVisionConfig,
+    Idefics3Config,
+    Idefics3ImageProcessor,
+    Idefics3Processor,
+    Idefics3VisionConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaNextConfig,
+    LlavaNextImageProcessor,
+    LlavaNextProcessor,
+    LlavaProcessor,
+    MistralConfig,
+    PreTrainedConfig,
+    PreTrainedTokenizerFast,
+    ProcessorMixin,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLProcessor,
+    Qwen2VLImageProcessor,
+    Qwen2VLVideoProcessor,
+    Qwen3VLConfig,
+    Qwen3VLProcessor,
+    Qwen3VLVideoProcessor,
+)
+
+from msr.tiny.tokenizer import MAX_LENGTH
+
+IMAGE_SIZE = 56
+PATCH_SIZE = 14
+_SCALE_FACTOR = 2  # Idefics3's pixel shuffle: 2x2 patches become one image token
+_MERGE = 2  # Qwen-VL's spatial merge: 2x2 patches become one image token
+# LLaVA-NeXT "anyres": an image is resized to the best of these (height, width) and cut into 56x56 tiles
+_GRID_PINPOINTS = [[56, 112], [112, 56], [112, 112]]
+# Qwen-VL default pixel bounds of the tiny processors: 1 to 16 merged tokens per image
+QWEN_MAX_PIXELS = {"qwen2_5_vl": 16 * 28 * 28, "qwen3_vl": 16 * 32 * 32}
+
+
+@dataclass(frozen=True)
+class TextShape:
+    """The language model's size (the benchmarks build larger ones than the tests)."""
+
+    hidden_size: int = 64
+    intermediate_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+
+
+def _ids(tokenizer: PreTrainedTokenizerFast) -> dict:
+    return {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id,
+            "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
+
+
+def _llama_like(cls: type, tokenizer: PreTrainedTokenizerFast, shape: TextShape) -> PreTrainedConfig:
+    return cls(hidden_size=shape.hidden_size, intermediate_size=shape.intermediate_size,
+               num_hidden_layers=shape.num_layers, num_attention_heads=shape.num_heads,
+               num_key_value_heads=shape.num_kv_heads, max_position_embeddings=MAX_LENGTH, **_ids(tokenizer))
+
+
+def text_config(tokenizer: PreTrainedTokenizerFast, shape: TextShape = TextShape()) -> LlamaConfig:
+    """The text LM's (and LLaVA-1.5's, Idefics3's) Llama config."""
+    return _llama_like(LlamaConfig, tokenizer, shape)
+
+
+_VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+           "image_size": IMAGE_SIZE, "patch_size": PATCH_SIZE}
+
+
+def _clip_processor_kwargs() -> dict:
+    return {"size": {"shortest_edge": IMAGE_SIZE}, "crop_size": {"height": IMAGE_SIZE, "width": IMAGE_SIZE}}
+
+
+def _llava(tokenizer: PreTrainedTokenizerFast, shape: TextShape) -> tuple[PreTrainedConfig, ProcessorMixin]:
+    config = LlavaConfig(
+        text_config=text_config(tokenizer, shape), vision_config=CLIPVisionConfig(**_VISION),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"), image_seq_length=(IMAGE_SIZE // PATCH_SIZE) ** 2,
+        vision_feature_select_strategy="default",  # drops CLS: one feature per patch
+        vision_feature_layer=-1)  # LLaVA-1.5 uses -2; with two layers that would leave the last one unused
+    processor = LlavaProcessor(
+        image_processor=CLIPImageProcessor(**_clip_processor_kwargs()), tokenizer=tokenizer, patch_size=PATCH_SIZE,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,  # CLIP's CLS token, dropped again by the "default" strategy
+        chat_template=tokenizer.chat_template)
+    return config, processor
+
+
+def _llava_next(tokenizer: PreTrainedTokenizerFast, shape: TextShape) -> tuple[PreTrainedConfig, ProcessorMixin]:
+    config = LlavaNextConfig(
+        text_config=_llama_like(MistralConfig, tokenizer, shape), vision_config=CLIPVisionConfig(**_VISION),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"), image_grid_pinpoints=_GRID_PINPOINTS,
+        vision_feature_select_strategy="default", vision_feature_layer=-1)
+    processor = LlavaNextProcessor(
+        image_processor=LlavaNextImageProcessor(**_clip_processor_kwargs(), image_grid_pinpoints=_GRID_PINPOINTS),
+        tokenizer=tokenizer, patch_size=PATCH_SIZE, vision_feature_select_strategy="default",
+        num_additional_image_tokens=1, chat_template=tokenizer.chat_template)
+    return config, processor
+
+
+def _idefics3(tokenizer: PreTrainedTokenizerFast, shape: TextShape) -> tuple[PreTrainedConfig, ProcessorMixin]:
+    vision = {**_VISION}
+    config = Idefics3Config(
+        text_config=text_config(tokenizer, shape), vision_config=Idefics3VisionConfig(**vision),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"), scale_factor=_SCALE_FACTOR,
+        pad_token_id=tokenizer.pad_token_id)  # else config.json keeps Idefics3's default, out of our vocab
+    image_processor = Idefics3ImageProcessor(size={"longest_edge": IMAGE_SIZE},
+                                             max_image_size={"longest_edge": IMAGE_SIZE}, do_image_splitting=False)
+    processor = Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer,
+                                  image_seq_len=(IMAGE_SIZE // PATCH_SIZE) ** 2 // _SCALE_FACTOR**2,
+                                  chat_template=tokenizer.chat_template)
+    return config, processor
+
+
+def _qwen_ids(tokenizer: PreTrainedTokenizerFast) -> dict:
+    names = {"image_token_id": "<|image_pad|>", "video_token_id": "<|video_pad|>",
+             "vision_start_token_id": "<|vision_start|>", "vision_end_token_id": "<|vision_end|>"}
+    return {key: tokenizer.convert_tokens_to_ids(token) for key, token in names.items()}
+
+
+def _qwen_text(tokenizer: PreTrainedTokenizerFast, shape: TextShape, **rope: object) -> dict:
+    head_dim = shape.hidden_size // shape.num_heads
+    pairs = head_dim // 2  # mrope_section splits the rotary pairs over (t, h, w), 1 : 1.5 : 1.5 as Qwen2.5-VL's
+    t = pairs // 4
+    section = [t, (pairs - t) // 2, pairs - t - (pairs - t) // 2]
+    return {"hidden_size": shape.hidden_size, "intermediate_size": shape.intermediate_size,
+            "num_hidden_layers": shape.num_layers, "num_attention_heads": shape.num_heads,
+            "num_key_value_heads": shape.num_kv_heads, "max_position_embeddings": MAX_LENGTH, "head_dim": head_dim,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": section, **rope},
+            **_ids(tokenizer)}
+
+
+def _qwen_image_processor(family: str, patch: int) -> Qwen2VLImageProcessor:
+    unit = patch * _MERGE
+    return Qwen2VLImageProcessor(patch_size=patch, merge_size=_MERGE, temporal_patch_size=2,
+                                 size={"shortest_edge": unit * unit, "longest_edge": QWEN_MAX_PIXELS[family]})
+
+
+def _qwen2_5_vl(tokenizer: PreTrainedTokenizerFast, shape: TextShape) -> tuple[PreTrainedConfig, ProcessorMixin]:
+    vision = {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 4, "patch_size": PATCH_SIZE,
+              "spatial_merge_size": _MERGE, "temporal_patch_size": 2, "out_hidden_size": shape.hidden_size,
+              "window_size": 112, "fullatt_block_indexes": [1]}
+    config = Qwen2_5_VLConfig(text_config=_qwen_text(tokenizer, shape), vision_config=vision, **_qwen_ids(tokenizer))
+    processor = Qwen2_5_VLProcessor(
+        image_processor=_qwen_image_processor("qwen2_5_vl", PATCH_SIZE), tokenizer=tokenizer,
+        video_processor=Qwen2VLVideoProcessor(patch_size=PATCH_SIZE, merge_size=_MERGE, temporal_patch_size=2),
+        chat_template=tokenizer.chat_template)
+    return config, processor
+
+
+def _qwen3_vl(tokenizer: PreTrainedTokenizerFast, shape: TextShape) -> tuple[PreTrainedConfig, ProcessorMixin]:
+    patch = 16
+    vision = {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 4, "patch_size": patch,
+              "spatial_merge_size": _MERGE, "temporal_patch_size": 2, "out_hidden_size": shape.hidden_size,
+              "num_position_embeddings": 64, "deepstack_visual_indexes": [0]}
+    config = Qwen3VLConfig(text_config=_qwen_text(tokenizer, shape, mrope_interleaved=True), vision_config=vision,
+                           **_qwen_ids(tokenizer))
+    processor = Qwen3VLProcessor(
+        image_processor=_qwen_image_processor("qwen3_vl", patch), tokenizer=tokenizer,
+        video_processor=Qwen3VLVideoProcessor(patch_size=patch, merge_size=_MERGE, temporal_patch_size=2),
+        chat_template=tokenizer.chat_template)
+    return config, processor
+
+
+BUILDERS: dict[str, Callable[[PreTrainedTokenizerFast, TextShape], tuple[PreTrainedConfig, ProcessorMixin]]] = {
+    "llava": _llava,
+    "llava_next": _llava_next,
+    "idefics3": _idefics3,
+    "qwen2_5_vl": _qwen2_5_vl,
+    "qwen3_vl": _qwen3_vl,
+}
