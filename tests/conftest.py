@@ -64,3 +64,41 @@ def tiny_run(tiny_run_template: dict, tmp_path: Path) -> dict:
     run = tmp_path / "run"
     shutil.copytree(tiny_run_template["run"], run)
     return {**tiny_run_template, "run": run}
+
+
+_PASS_THROUGH = {"torch", "functools", "contextlib", "typing", "warnings", "importlib"}
+
+
+def _msr_caller(frame) -> str | None:
+    """Where msr's own code called the API that warned: walk out from the warning past the warning library's own
+    frames (and torch's module-call machinery); if the first frame beyond them is in msr, msr made the deprecated
+    call. A deprecated call that another library makes on msr's behalf (TRL calling transformers) is not msr's."""
+    emitter = frame.f_globals.get("__name__", "").split(".")[0]
+    while frame is not None:
+        package = frame.f_globals.get("__name__", "").split(".")[0]
+        if package not in _PASS_THROUGH and package != emitter:
+            name = frame.f_globals.get("__name__", "")
+            return f"{name}:{frame.f_lineno}" if name == "msr" or name.startswith("msr.") else None
+        frame = frame.f_back
+    return None
+
+
+@pytest.fixture(autouse=True)
+def _msr_makes_no_deprecated_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """msr's own code raises no deprecation warning: a DeprecationWarning or FutureWarning caused by a call in msr.*
+    fails the test that made it (pyproject's filterwarnings covers warnings attributed to msr modules directly;
+    this covers libraries' deprecation decorators, which attribute the warning to their own wrapper)."""
+    import sys
+    import warnings
+
+    original = warnings.warn
+
+    def warn(message, category=None, stacklevel=1, source=None, **kwargs):
+        kind = category or (type(message) if isinstance(message, Warning) else UserWarning)
+        if issubclass(kind, (DeprecationWarning, FutureWarning)):
+            caller = _msr_caller(sys._getframe(1))
+            if caller:
+                raise AssertionError(f"{caller} makes a deprecated call: {message}")
+        return original(message, category, stacklevel + 1, source, **kwargs)
+
+    monkeypatch.setattr(warnings, "warn", warn)
