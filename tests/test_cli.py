@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor
 
 from msr import schema
 from msr.cli import main
@@ -56,6 +57,20 @@ def test_quickstart_runs_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixtu
     weights = (run / "sft_model" / "model.safetensors").read_bytes()
     assert main([*args[:-1], "1"]) == 0
     assert (run / "sft_model" / "model.safetensors").read_bytes() != weights
+
+
+@pytest.mark.slow
+def test_quickstart_runs_on_the_default_recipe_family(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The README's default family (Qwen2.5-VL, M-RoPE) through every stage, reduced, scoring with prefix reuse."""
+    run = tmp_path / "qs"
+    with caplog.at_level(logging.INFO):
+        assert main(["quickstart", "--run_dir", str(run), "--num_users", "40", "--num_items", "40", "--epochs", "1",
+                     "--family", "qwen2_5_vl"]) == 0
+    assert json.loads((run / "models" / "vlm" / "config.json").read_text())["model_type"] == "qwen2_5_vl"
+    assert type(AutoProcessor.from_pretrained(run / "sft_model")).__name__ == "Qwen2_5_VLProcessor"
+    metrics = json.loads((run / "metrics.json").read_text())["methods"]
+    assert {"sft", "zero_shot", "graph"} <= set(metrics) and all(0 <= m["auc"] <= 1 for m in metrics.values())
+    assert not [r for r in caplog.records if "no prefix reuse" in r.getMessage()]
 
 
 @pytest.mark.slow
