@@ -73,7 +73,7 @@ def sft_rows(tiny_run_template: dict, tmp_path_factory: pytest.TempPathFactory) 
 @pytest.mark.parametrize("family", VLM_FAMILIES)
 def test_lora_sft_wraps_only_the_language_model_and_reloads(sft_rows: Path, tmp_path: Path, family: str,
                                                             family_dirs: dict[str, str]) -> None:
-    max_pixels = 4 * 28 * 28 if family == "qwen2_5_vl" else 4 * 32 * 32 if family == "qwen3_vl" else None
+    max_pixels = {"qwen2_vl": 4 * 28 * 28, "qwen2_5_vl": 4 * 28 * 28, "qwen3_vl": 4 * 32 * 32}.get(family)
     script = SftScriptArguments(run_dir=str(sft_rows), eval_split=None, max_train_rows=8, max_pixels=max_pixels)
     training = SFTConfig(output_dir=str(tmp_path / "adapter"), use_cpu=True, bf16=False, max_length=None, max_steps=2,
                          per_device_train_batch_size=4, learning_rate=1e-3, logging_steps=1, save_strategy="no",
@@ -110,7 +110,7 @@ def test_lora_regex_matches_the_decoder_projections(family: str, family_dirs: di
 
 @pytest.mark.parametrize("family", MROPE_FAMILIES)
 def test_max_pixels_bounds_image_tokens(family: str, family_dirs: dict[str, str]) -> None:
-    unit = 28 if family == "qwen2_5_vl" else 32  # pixels per merged image token, each side
+    unit = 32 if family == "qwen3_vl" else 28  # pixels per merged image token, each side
     big = Image.new("RGB", (400, 300), "red")
     counts = {}
     for tokens in (64, 16, 4):

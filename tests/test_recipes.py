@@ -153,6 +153,7 @@ def test_index_lists_every_recipe() -> None:
 
 # hub id patterns (lower case) -> the msr.tiny family standing in for that checkpoint; the first match wins
 HUB_FAMILIES: tuple[tuple[str, str], ...] = (
+    (r"qwen2-vl|qwen2_vl", "qwen2_vl"),
     (r"qwen2\.5-vl|qwen2_5_vl", "qwen2_5_vl"),
     (r"qwen3-vl|qwen3_vl", "qwen3_vl"),
     (r"llava-v1\.6|llava-next|llava_next", "llava_next"),
@@ -160,7 +161,7 @@ HUB_FAMILIES: tuple[tuple[str, str], ...] = (
     (r"llava-1\.5|llava-v1\.5", "llava"),
 )
 # config.json model_type of a local checkpoint -> family
-MODEL_TYPE_FAMILIES = {"llava": "llava", "llava_next": "llava_next", "idefics3": "idefics3",
+MODEL_TYPE_FAMILIES = {"llava": "llava", "llava_next": "llava_next", "idefics3": "idefics3", "qwen2_vl": "qwen2_vl",
                        "qwen2_5_vl": "qwen2_5_vl", "qwen3_vl": "qwen3_vl"}
 # settings that only a GPU can run, replaced for the CPU; everything else in a recipe stays as it is
 CPU_OVERRIDES = {"use_cpu": "true", "bf16": "false", "dtype": "float32", "dataloader_num_workers": "0"}
@@ -198,7 +199,7 @@ def tiny_family(model: str) -> str | None:
     ("llava-hf/llava-v1.6-mistral-7b-hf", "llava_next"), ("llava-hf/llama3-llava-next-8b-hf", "llava_next"),
     ("HuggingFaceTB/SmolVLM-500M-Instruct", "idefics3"), ("HuggingFaceM4/Idefics3-8B-Llama3", "idefics3"),
     ("llava-hf/llava-1.5-7b-hf", "llava"), ("runs/quickstart-recipe/models/vlm", "llava"),
-    ("Qwen/Qwen2-VL-7B-Instruct", None), ("google/gemma-3-4b-it", None), ("runs/nowhere/models/vlm", None)])
+    ("Qwen/Qwen2-VL-7B-Instruct", "qwen2_vl"), ("google/gemma-3-4b-it", None), ("runs/nowhere/models/vlm", None)])
 def test_tiny_family_of_a_model_name(model: str, family: str | None) -> None:
     assert tiny_family(model) == family
 

@@ -24,7 +24,7 @@ QUESTION = "Will the user engage with this item? Answer Yes or No."
 # image tokens of a 56x56 and an 80x40 image: LLaVA and Idefics3 resize to 56x56 (4x4 patches; Idefics3 shuffles 2x2
 # into one); LLaVA-NeXT adds "anyres" tiles by aspect ratio; the Qwen-VL families keep the aspect ratio in 28- (32-)
 # pixel units, merging 2x2 patches: 2x2 and 1x3 (Qwen3-VL: 1x2) tokens
-IMAGE_TOKENS = {"llava": [16, 16], "idefics3": [4, 4], "llava_next": [36, 52], "qwen2_5_vl": [4, 3],
+IMAGE_TOKENS = {"llava": [16, 16], "idefics3": [4, 4], "llava_next": [36, 52], "qwen2_vl": [4, 3], "qwen2_5_vl": [4, 3],
                 "qwen3_vl": [4, 2]}
 
 
@@ -170,6 +170,7 @@ REAL_CLASSES = {  # what AutoProcessor / AutoModelForImageTextToText load for th
     "llava": ("LlavaProcessor", "CLIPImageProcessor", "LlavaForConditionalGeneration"),
     "llava_next": ("LlavaNextProcessor", "LlavaNextImageProcessor", "LlavaNextForConditionalGeneration"),
     "idefics3": ("Idefics3Processor", "Idefics3ImageProcessor", "Idefics3ForConditionalGeneration"),
+    "qwen2_vl": ("Qwen2VLProcessor", "Qwen2VLImageProcessor", "Qwen2VLForConditionalGeneration"),
     "qwen2_5_vl": ("Qwen2_5_VLProcessor", "Qwen2VLImageProcessor", "Qwen2_5_VLForConditionalGeneration"),
     "qwen3_vl": ("Qwen3VLProcessor", "Qwen2VLImageProcessor", "Qwen3VLForConditionalGeneration"),
 }

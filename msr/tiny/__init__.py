@@ -29,7 +29,7 @@ from msr.tiny.tokenizer import train_tokenizer
 
 VLM_FAMILIES: tuple[str, ...] = tuple(BUILDERS)
 # families whose rotary positions are 3-D (M-RoPE), computed from the images' grids
-MROPE_FAMILIES: tuple[str, ...] = ("qwen2_5_vl", "qwen3_vl")
+MROPE_FAMILIES: tuple[str, ...] = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 
 __all__ = ["IMAGE_SIZE", "MROPE_FAMILIES", "PATCH_SIZE", "VLM_FAMILIES", "TextShape", "TinyConfig",
            "build_from_config", "build_tiny_encoder", "build_tiny_lm", "build_tiny_vlm", "train_tokenizer"]

@@ -2,7 +2,7 @@
 family's published checkpoints), sized so every family runs on a CPU in a fraction of a second.
 
 Images: LLaVA, LLaVA-NeXT and Idefics3 see 56x56 pixels in 14-pixel patches (LLaVA-NeXT also tiles larger
-images, "anyres"); the Qwen-VL families resize each image to a multiple of their 28-pixel (Qwen2.5-VL) or
+images, "anyres"); the Qwen-VL families resize each image to a multiple of their 28-pixel (Qwen2-VL, Qwen2.5-VL) or
 32-pixel (Qwen3-VL) merge unit between `min_pixels` and `max_pixels`, so differently sized images cost
 different token counts, as with the real models.
 """
@@ -31,6 +31,8 @@ from transformers import (
     ProcessorMixin,
     Qwen2_5_VLConfig,
     Qwen2_5_VLProcessor,
+    Qwen2VLConfig,
+    Qwen2VLProcessor,
     Qwen2VLImageProcessor,
     Qwen2VLVideoProcessor,
     Qwen3VLConfig,
@@ -47,7 +49,7 @@ _MERGE = 2  # Qwen-VL's spatial merge: 2x2 patches become one image token
 # LLaVA-NeXT "anyres": an image is resized to the best of these (height, width) and cut into 56x56 tiles
 _GRID_PINPOINTS = [[56, 112], [112, 56], [112, 112]]
 # Qwen-VL default pixel bounds of the tiny processors: 1 to 16 merged tokens per image
-QWEN_MAX_PIXELS = {"qwen2_5_vl": 16 * 28 * 28, "qwen3_vl": 16 * 32 * 32}
+QWEN_MAX_PIXELS = {"qwen2_vl": 16 * 28 * 28, "qwen2_5_vl": 16 * 28 * 28, "qwen3_vl": 16 * 32 * 32}
 
 
 @dataclass(frozen=True)
@@ -149,6 +151,17 @@ def _qwen_image_processor(family: str, patch: int) -> Qwen2VLImageProcessor:
                                  size={"shortest_edge": unit * unit, "longest_edge": QWEN_MAX_PIXELS[family]})
 
 
+def _qwen2_vl(tokenizer: PreTrainedTokenizerFast, shape: TextShape) -> tuple[PreTrainedConfig, ProcessorMixin]:
+    vision = {"depth": 2, "embed_dim": 32, "hidden_size": shape.hidden_size, "mlp_ratio": 2, "num_heads": 4,
+              "patch_size": PATCH_SIZE, "spatial_merge_size": _MERGE, "temporal_patch_size": 2}
+    config = Qwen2VLConfig(text_config=_qwen_text(tokenizer, shape), vision_config=vision, **_qwen_ids(tokenizer))
+    processor = Qwen2VLProcessor(
+        image_processor=_qwen_image_processor("qwen2_vl", PATCH_SIZE), tokenizer=tokenizer,
+        video_processor=Qwen2VLVideoProcessor(patch_size=PATCH_SIZE, merge_size=_MERGE, temporal_patch_size=2),
+        chat_template=tokenizer.chat_template)
+    return config, processor
+
+
 def _qwen2_5_vl(tokenizer: PreTrainedTokenizerFast, shape: TextShape) -> tuple[PreTrainedConfig, ProcessorMixin]:
     vision = {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 4, "patch_size": PATCH_SIZE,
               "spatial_merge_size": _MERGE, "temporal_patch_size": 2, "out_hidden_size": shape.hidden_size,
@@ -179,6 +192,7 @@ BUILDERS: dict[str, Callable[[PreTrainedTokenizerFast, TextShape], tuple[PreTrai
     "llava": _llava,
     "llava_next": _llava_next,
     "idefics3": _idefics3,
+    "qwen2_vl": _qwen2_vl,
     "qwen2_5_vl": _qwen2_5_vl,
     "qwen3_vl": _qwen3_vl,
 }

@@ -37,6 +37,7 @@ SPECIALS: dict[str, Specials] = {
     "llava_next": Specials("<s>", "</s>", ("<image>",)),
     "idefics3": Specials("<|im_start|>", "<end_of_utterance>",
                          ("<image>", "<fake_token_around_image>", "<global-img>")),
+    "qwen2_vl": Specials(None, "<|im_end|>", ("<|im_start|>", *_QWEN_VISION)),
     "qwen2_5_vl": Specials(None, "<|im_end|>", ("<|im_start|>", *_QWEN_VISION)),
     "qwen3_vl": Specials(None, "<|im_end|>", ("<|im_start|>", *_QWEN_VISION)),
     "text": Specials("<s>", "<|im_end|>", ("<|im_start|>",)),
@@ -91,7 +92,8 @@ CHAT_TEMPLATES: dict[str, str] = {
     "{{ render(m['content'], '<image>') + eos_token + '\\n' }}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{ 'Assistant:' }}{%- endif -%}",
-    # Qwen2.5-VL: ChatML with a default system turn, "<|vision_start|><|image_pad|><|vision_end|>" per image
+    # Qwen2-VL and Qwen2.5-VL: ChatML with a default system turn, "<|vision_start|><|image_pad|><|vision_end|>" per image
+    "qwen2_vl": "{%- set default_system = 'You are a helpful assistant.' -%}" + _QWEN_VL,
     "qwen2_5_vl": "{%- set default_system = 'You are a helpful assistant.' -%}" + _QWEN_VL,
     # Qwen3-VL (Instruct): the same without a default system turn
     "qwen3_vl": "{%- set default_system = '' -%}" + _QWEN_VL,
