@@ -1,5 +1,6 @@
 """Helpers shared by the benchmarks: a machine probe, msr-shaped synthetic texts and images, and a
-random LLaVA larger than msr.tiny's (same tokenizer, processor and vision tower)."""
+random VLM of any msr.tiny family with a larger language model (`msr.tiny.build_tiny_vlm` with a larger
+`TextShape`: msr.tiny's tokenizer, real processor classes and vision tower)."""
 
 from __future__ import annotations
 
@@ -12,14 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
-from transformers import (
-    AutoModelForImageTextToText,
-    CLIPImageProcessorPil,
-    CLIPVisionConfig,
-    LlamaConfig,
-    LlavaConfig,
-    LlavaProcessor,
-)
+from safetensors import safe_open
 
 from msr.data.synthetic import (
     ADJECTIVES,
@@ -28,11 +22,14 @@ from msr.data.synthetic import (
     PATTERNS,
     TITLE_TEMPLATES,
 )
-from msr.tiny import IMAGE_SIZE, PATCH_SIZE, train_tokenizer
+from msr.tiny import TextShape, build_tiny_vlm
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, vocab_size: bool = True) -> None:
-    """The thread count and the random model's shape, as every model benchmark takes them."""
+def add_model_arguments(parser: argparse.ArgumentParser, vocab_size: bool = True,
+                        families: tuple[str, ...] = ("llava",)) -> None:
+    """The thread count and the random model's shape, as every model benchmark takes them; with `vocab_size`
+    (the VLM benchmarks, whose model `build_vlm` builds) also its vocabulary, key/value heads and family, one
+    of `families` (the msr.tiny VLM families the benchmark supports), llava by default."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     parser.add_argument("--threads", type=int, default=cores, help="torch threads (default: the cores).")
     parser.add_argument("--hidden", type=int, default=512)
@@ -40,7 +37,10 @@ def add_model_arguments(parser: argparse.ArgumentParser, vocab_size: bool = True
     parser.add_argument("--intermediate", type=int, default=1536)
     parser.add_argument("--heads", type=int, default=8)
     if vocab_size:
+        parser.add_argument("--kv_heads", type=int, default=None, help="Key/value heads (default: --heads).")
         parser.add_argument("--vocab_size", type=int, default=1024)
+        parser.add_argument("--family", choices=families, default="llava",
+                            help=f"msr.tiny VLM family of the random model: {', '.join(families)} (default: llava).")
 
 
 def matmul_ms(rows: int = 16, repeats: int = 50) -> float:
@@ -112,27 +112,19 @@ def _cover_jpeg(rng: np.random.Generator, size: int) -> bytes:
 
 
 def build_vlm(out_dir: Path, texts: list[str], args: argparse.Namespace) -> int:
-    """A random LLaVA with msr.tiny's tokenizer, processor and vision tower but a larger Llama; returns its size."""
-    tokenizer = train_tokenizer(texts, "llava", vocab_size=args.vocab_size)
-    text_config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=args.hidden, intermediate_size=args.intermediate,
-        num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.heads,
-        max_position_embeddings=2048, pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                              image_size=IMAGE_SIZE, patch_size=PATCH_SIZE)
-    config = LlavaConfig(text_config=text_config, vision_config=vision,
-                         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-                         image_seq_length=(IMAGE_SIZE // PATCH_SIZE) ** 2,
-                         vision_feature_select_strategy="default", vision_feature_layer=-1)
-    processor = LlavaProcessor(
-        image_processor=CLIPImageProcessorPil(size={"shortest_edge": IMAGE_SIZE},
-                                              crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}),
-        tokenizer=tokenizer, patch_size=PATCH_SIZE, vision_feature_select_strategy="default",
-        num_additional_image_tokens=1, chat_template=tokenizer.chat_template)
-    with torch.random.fork_rng():
-        torch.manual_seed(args.seed)
-        model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
-    model.save_pretrained(out_dir)
-    processor.save_pretrained(out_dir)
-    return sum(p.numel() for p in model.parameters())
+    """A random --family VLM from `msr.tiny.build_tiny_vlm` (its tokenizer trained on `texts`, its real
+    processor classes and small vision tower) with a language model of the arguments' shape; returns its size."""
+    shape = TextShape(hidden_size=args.hidden, intermediate_size=args.intermediate, num_layers=args.layers,
+                      num_heads=args.heads, num_kv_heads=args.kv_heads or args.heads)
+    out_dir = build_tiny_vlm(out_dir, family=args.family, texts=texts, seed=args.seed, shape=shape,
+                             vocab_size=args.vocab_size)
+    return saved_parameters(out_dir)
+
+
+def saved_parameters(model_dir: Path) -> int:
+    """The parameter count of a saved model, from its safetensors headers (tied weights are saved once)."""
+    total = 0
+    for path in sorted(Path(model_dir).glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as f:
+            total += sum(int(np.prod(f.get_slice(key).get_shape())) for key in f.keys())
+    return total

@@ -3,7 +3,7 @@
 What `msr score` runs, on msr-shaped prompts, offline:
 
 - model: a random-weight LLaVA (Llama text model --hidden 512 x --layers 6, --intermediate 1536,
-  ~21.8M parameters in all; msr.tiny's small CLIP tower, 56x56 images in 14-pixel patches = 16 image
+  ~21.7M parameters in all; msr.tiny's small CLIP tower, 56x56 images in 14-pixel patches = 16 image
   tokens) with msr.tiny's BPE tokenizer (trained on the prompts' texts) and LlavaProcessor, saved to
   a temp dir and loaded back by `msr.models.load_model(..., "float32", "cpu")` (the real
   `from_pretrained` path).
@@ -13,6 +13,13 @@ What `msr score` runs, on msr-shaped prompts, offline:
   --history history titles, ~300 tokens) is shared by the user's candidates; each candidate has its
   own 56x56 JPEG cover (a file), a title and a --summary_words word item summary (~60 tokens with its
   16 image tokens and the question).
+- --family qwen2_5_vl: the same, with `msr.tiny.build_tiny_vlm(family="qwen2_5_vl")`: a random
+  Qwen2.5-VL (Qwen2 text model of the same --hidden x --layers shape, M-RoPE; msr.tiny's small
+  Qwen2.5-VL vision tower with window attention and the 2x2 patch merger) with the real
+  Qwen2_5_VLProcessor (Qwen2VLImageProcessor) and the Qwen chat format. Covers are 112x112 JPEGs:
+  8x8 patches of 14 pixels merged 2x2 = 16 image tokens (28 pixels per token), as many as LLaVA's.
+  msr's Scorer prefills the text prefix once and gives the suffix its 3-D positions from the
+  model's own get_rope_index over the full prompt.
 
 Each method scores every candidate of every user, 21 candidates of a user in one left-padded batch
 (images loaded from their files and run through the processor inside the timed region on all sides):
@@ -31,13 +38,15 @@ After one untimed warm-up user per method, each method's pass over all users is 
 times, methods interleaved (a, b, c, a, b, c, ...) so that a slow spell of a shared machine hits
 all of them; medians are reported. `max_abs_diff` = max |P_b - P_c| (must be <= 1e-4);
 `max_abs_diff_generate` = max |P_a - P_b|. `matmul_probe_ms` (before, after) above ~1 ms means
-another process had the cores: run again. `profile_s` splits one user's (b) and (c) into the
+another process had the cores: run again. `profile_one_user_s` splits one user's (b) and (c) into the
 processor (image loading, chat template, tokenizer, image processor), the vision tower + projector
-(`get_image_features`), and the language model, to show where the time goes.
+(`get_image_features`: LLaVA's vision_tower + multi_modal_projector, Qwen2.5-VL's visual with its
+merger), and the language model, to show where the time goes.
 
 Prints one JSON object on its last line.
 
     python bench/score_throughput.py
+    python bench/score_throughput.py --family qwen2_5_vl
     python bench/score_throughput.py --users 8 --repeats 5
     python bench/score_throughput.py --hidden 128 --layers 2 --intermediate 384 --users 2 --repeats 1  # smoke
 """
@@ -62,7 +71,7 @@ from msr.data.sft import recommendation_messages, recommendation_parts
 from msr.models import load_model
 from msr.prompts import load_prompt
 from msr.score import Scorer
-from msr.tiny import IMAGE_SIZE, PATCH_SIZE
+from msr.tiny import IMAGE_SIZE
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
@@ -75,6 +84,10 @@ from common import (
     build_vlm,
     matmul_ms,
 )
+
+# per family: the covers' side in pixels, 16 image tokens each (LLaVA: 4x4 patches of 14 pixels; Qwen2.5-VL:
+# 8x8 patches of 14 pixels merged 2x2, 28 pixels per token)
+COVER_SIZE = {"llava": IMAGE_SIZE, "qwen2_5_vl": 112}
 
 # --------------------------------------------------------------------------- prompts
 
@@ -95,7 +108,7 @@ def make_users(root: Path, args: argparse.Namespace) -> tuple[list[tuple[list[li
             title = _title(rng)
             summary = " ".join(_fill(rng, _SUMMARY).split()[:args.summary_words]).rstrip(",;:") + "."
             path = covers / f"{u}_{c}.jpg"
-            path.write_bytes(_cover_jpeg(rng, IMAGE_SIZE))
+            path.write_bytes(_cover_jpeg(rng, COVER_SIZE[args.family]))
             user_part, candidate_part = recommendation_parts(prompts, text, history, title, summary)
             conversations.append(recommendation_messages(user_part, candidate_part, True))
             images.append(str(path))
@@ -103,11 +116,6 @@ def make_users(root: Path, args: argparse.Namespace) -> tuple[list[tuple[list[li
         users.append((conversations, images))
         texts += [text, *history]
     return users, texts
-
-
-# --------------------------------------------------------------------------- model
-
-
 
 
 # --------------------------------------------------------------------------- methods
@@ -154,12 +162,15 @@ def run_all(method, users) -> tuple[float, np.ndarray]:
 @torch.inference_mode()
 def profile(loaded, scorer: Scorer, conversations, images) -> dict[str, float]:
     """Seconds of one user's batch: processor, vision tower + projector, and the language model, for (b) and (c)
-    (the vision part is timed by a forward hook on get_image_features' modules: the tower and the projector)."""
+    (the vision part is timed by forward hooks on get_image_features' modules: LLaVA's tower and projector,
+    Qwen2.5-VL's visual, merger included)."""
     model = loaded.model
     spans: list[float] = []
     starts: list[float] = []
     hooks = []
-    for module in (model.model.vision_tower, model.model.multi_modal_projector):
+    vision = [getattr(model.model, name) for name in ("vision_tower", "multi_modal_projector", "visual")
+              if hasattr(model.model, name)]
+    for module in vision:
         hooks.append(module.register_forward_pre_hook(lambda *a: starts.append(time.perf_counter())))
         hooks.append(module.register_forward_hook(lambda *a: spans.append(time.perf_counter() - starts.pop())))
     try:
@@ -196,7 +207,7 @@ def main() -> None:
     parser.add_argument("--user_words", type=int, default=170, help="Preference text of this many (+20) words.")
     parser.add_argument("--summary_words", type=int, default=8, help="Candidate summary cut to this many words.")
     parser.add_argument("--history", type=int, default=10, help="History titles in the user part.")
-    add_model_arguments(parser)
+    add_model_arguments(parser, families=tuple(COVER_SIZE))
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -216,10 +227,14 @@ def main() -> None:
         warmup, timed = users[:1], users[1:]
 
         # token counts, measured from the tokenized prompts (non-padding tokens, the 16 image tokens included)
-        prefix_tokens, candidate_tokens = [], []
+        prefix_tokens, candidate_tokens, image_tokens = [], [], set()
+        image_id = getattr(loaded.model.config, "image_token_id", None)
+        image_id = getattr(loaded.model.config, "image_token_index", None) if image_id is None else image_id
         before = prefix.reused_tokens
         for conversations, images in timed:
-            mask = processor_inputs(loaded, conversations, images)["attention_mask"]
+            batch = processor_inputs(loaded, conversations, images)
+            mask = batch["attention_mask"]
+            image_tokens.update((batch["input_ids"] == image_id).sum(1).tolist())
             prefix.reused_tokens = 0
             prefix.score(conversations, images)
             shared = prefix.reused_tokens // (len(conversations) - 1)
@@ -244,13 +259,14 @@ def main() -> None:
     pairs = len(scores["plain_forward"])
     tokens = sum(prefix_tokens) * args.candidates + sum(candidate_tokens)
     print(json.dumps({
-        "bench": "score_throughput", "threads": args.threads, "params": params,
+        "bench": "score_throughput", "family": args.family, "threads": args.threads, "params": params,
         "users": args.users, "candidates": args.candidates, "pairs": pairs, "repeats": args.repeats,
         "prefix_tokens": {"min": min(prefix_tokens), "mean": round(statistics.mean(prefix_tokens), 1),
                           "max": max(prefix_tokens)},
         "candidate_tokens": {"min": min(candidate_tokens), "mean": round(statistics.mean(candidate_tokens), 1),
                              "max": max(candidate_tokens)},
-        "image_tokens": (IMAGE_SIZE // PATCH_SIZE) ** 2,
+        "image_tokens": min(image_tokens) if len(image_tokens) == 1 else sorted(image_tokens),
+        "image_size": COVER_SIZE[args.family],
         "prefix_share_of_tokens": round(sum(prefix_tokens) * args.candidates / tokens, 3),
         "generated_tokens": sorted(set(generate.generated)),
         "seconds": {name: round(value, 3) for name, value in median.items()},
