@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 
 from msr import __version__
 from msr.config import ConfigError, parse_config
+from msr.rundir import StageBusyError
 
 
 def _data_prepare(argv: Sequence[str]) -> None:
@@ -132,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, rest = build_parser().parse_known_args(argv)
     try:
         args.handler(rest)
-    except (ConfigError, ValueError, FileNotFoundError) as err:
+    except (ConfigError, ValueError, FileNotFoundError, StageBusyError) as err:
         print(f"msr: error: {err}", file=sys.stderr)
         return 2
     return 0

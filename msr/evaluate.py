@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 from msr import schema
 from msr.data.sft import candidates
 from msr.metrics import DEFAULT_KS, ranking_metrics, roc_curve
+from msr.provenance import one_writer, require_current
 from msr.rundir import RunDir, atomic_path, write_json, write_parquet
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,21 @@ def read_scores(path: Path, key: list[str]) -> pd.DataFrame:
     return scored
 
 
+def check_producer(run: RunDir, file: str) -> None:
+    """Refuse a score table whose producing stage is stale (its examples, summaries, prompts or model
+    changed since it scored, or the table itself was edited), naming the command that redoes it. A table
+    no stage of this run wrote (an external baseline) cannot be checked, and is said to be so."""
+    producers = [name for name, entry in run.manifest()["stages"].items() if file in entry.get("outputs", {})]
+    if not producers:
+        log.warning("%s was not written by a stage of %s: msr cannot tell whether it is current", file, run.root)
+        return
+    for name in producers:
+        command = ("msr graph evaluate" if name.startswith("graph.") else
+                   f"msr score --output {file} (with the model and adapter it scored)")
+        require_current(run, name, command)
+
+
+@one_writer("evaluate")
 def evaluate(cfg: EvaluateConfig) -> dict:
     """Compute and write every method's metrics; return the metrics mapping."""
     cfg.validate()
@@ -123,6 +139,7 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     for method in cfg.methods:
         name, file = method.split("=", 1)
         run.require(file)
+        check_producer(run, file)
         scored = read_scores(run.path(file), key).rename(columns={schema.SCORE: name})
         table = table.merge(scored, on=key, how="left")
         missing = int(table[name].isna().sum())

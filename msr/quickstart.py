@@ -7,13 +7,13 @@ after an interruption continues where it stopped.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from msr import schema
-from msr.config import config_hash
 from msr.data.prepare import PrepareConfig, prepare
 from msr.data.sft import SftDataConfig, write_sft_rows
 from msr.data.synthetic import (
@@ -27,6 +27,7 @@ from msr.evaluate import REPORT_FILE, EvaluateConfig, evaluate, report
 from msr.graph.config import GraphConfig
 from msr.graph.pipeline import METRICS_FILE as GRAPH_METRICS_FILE
 from msr.graph.pipeline import run_graph
+from msr.provenance import Stage
 from msr.rundir import RunDir
 from msr.score_split import ScoreConfig, score_split
 from msr.summarize.config import SummarizeConfig
@@ -76,11 +77,11 @@ def quickstart(cfg: QuickstartConfig) -> dict:
     for name, family in (("vlm", cfg.family), ("lm", "text")):
         tiny = TinyConfig(out_dir=str(run.path(f"models/{name}")), family=family, run_dir=str(run.root),
                           seed=cfg.seed)
-        stage = f"tiny.{name}"
-        digest = config_hash(tiny) + run.manifest()["stages"]["data.prepare"]["config_hash"]
-        if not run.is_current(stage, digest):
+        stage = Stage(run, f"tiny.{name}", {k: v for k, v in vars(tiny).items() if k != "out_dir"},
+                      {"items": run.path(schema.ITEMS_FILE)}, outputs=[f"models/{name}"])
+        if not stage.is_current():
             build_from_config(tiny)
-            run.record(stage, digest, vars(tiny), [f"models/{name}/config.json"])
+            stage.commit()
         models[name] = tiny.out_dir
     summarize = SummarizeConfig(run_dir=str(run.root), item_model=models["vlm"], user_model=models["lm"],
                                 max_new_tokens=cfg.summary_tokens, batch_size=32)
@@ -123,12 +124,12 @@ def _train(run: RunDir, cfg: QuickstartConfig, model: str) -> Path:
                          per_device_train_batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
                          logging_steps=25, eval_strategy="epoch", save_strategy="epoch", save_total_limit=1,
                          report_to="none", activation_checkpointing=False, seed=cfg.seed)
-    stages = run.manifest()["stages"]
-    digest = config_hash(cfg, exclude=("run_dir",)) + stages["data.sft"]["config_hash"]
-    if not run.is_current("sft.train", digest):
+    config = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "run_dir"}
+    stage = Stage(run, "sft.train", config, {"rows": run.path(schema.SFT_DIR), "model": Path(model)},
+                  outputs=[f"{SFT_MODEL_DIR}/model.safetensors"])
+    if not stage.is_current():
         train(script, training, model_cfg, restart_if_changed=True)  # new settings start over
-        run.record("sft.train", digest, {"learning_rate": cfg.learning_rate, "epochs": cfg.epochs,
-                                         "batch_size": cfg.batch_size}, [f"{SFT_MODEL_DIR}/model.safetensors"])
+        stage.commit()
     return out
 
 

@@ -22,9 +22,10 @@ from tqdm.auto import tqdm
 
 from msr import schema
 from msr.data.sft import STAGE as SFT_STAGE
-from msr.data.sft import CandidatePrompts, SftDataConfig, candidates
+from msr.data.sft import CandidatePrompts, SftDataConfig, candidates, question_inputs
 from msr.models import load_model, resolve_device
-from msr.rundir import JsonlLog, RunDir, digest, file_sha256, write_parquet
+from msr.provenance import Stage, one_writer, require_current
+from msr.rundir import JsonlLog, RunDir, write_parquet
 from msr.score import Scorer
 
 log = logging.getLogger(__name__)
@@ -61,21 +62,26 @@ def _prompt_settings(run: RunDir) -> SftDataConfig:
     if entry is None:
         raise FileNotFoundError(f"{run.root}: no `msr data sft` stage recorded; run it first so scoring asks "
                                 "the question training asked")
-    return SftDataConfig(**entry["config"])
+    return SftDataConfig(**{**entry["config"], "run_dir": str(run.root)})
 
 
-def _fingerprint(cfg: ScoreConfig, settings: SftDataConfig) -> str:
-    """What the scores depend on: model, adapter weights, prompt and precision settings. Resumed
-    records are reused only under the same fingerprint, so a retrained adapter is scored afresh."""
-    weights = []
-    for folder in (cfg.model, cfg.adapter):
+def score_stage(run: RunDir, cfg: ScoreConfig, settings: SftDataConfig) -> Stage:
+    """What the scores depend on: the question's inputs (tables, summaries, prompts, images, by content), the
+    model and adapter folders (by content), and the prompt and precision settings. Resumed records are reused
+    only under the same fingerprint, so a retrained adapter or a regenerated summary is scored afresh."""
+    inputs = question_inputs(run, settings)
+    for name, folder in (("model", cfg.model), ("adapter", cfg.adapter)):
         if folder and Path(folder).is_dir():
-            weights += [(f.name, file_sha256(f) if f.stat().st_size < 2**30
-                         else f.stat().st_size) for f in sorted(Path(folder).glob("*.safetensors"))]
-    return digest(cfg.model, cfg.adapter, weights, dataclasses.asdict(settings), cfg.dtype, cfg.load_in_4bit,
-                  cfg.max_pixels)[:12]
+            inputs[name] = Path(folder)
+    # which examples are scored (split, max_examples) is not here: records are per example, so a longer run
+    # resumes a shorter one
+    config = {"model": cfg.model, "adapter": cfg.adapter, "dtype": cfg.dtype, "load_in_4bit": cfg.load_in_4bit, "max_pixels": cfg.max_pixels,
+              "prompt_settings": dataclasses.asdict(settings)}
+    return Stage(run, f"score.{cfg.output}", config, inputs, outputs=[cfg.output])
 
 
+
+@one_writer(lambda cfg: f"score.{cfg.output}.{os.environ.get('RANK', '0')}")  # one lock per process rank
 def score_split(cfg: ScoreConfig) -> pd.DataFrame:
     """Score the split (resuming), merge the shards, write `cfg.output`; return the table."""
     cfg.validate()
@@ -89,10 +95,13 @@ def score_split(cfg: ScoreConfig) -> pd.DataFrame:
                            f"score the whole split into the same files; check --device ({cfg.device}) against the "
                            "launcher's devices")
     settings = _prompt_settings(run)
+    require_current(run, SFT_STAGE, "msr data sft --force, then retrain: the model learned other prompts than "
+                    "scoring would ask now")
+    stage = score_stage(run, cfg, settings)
     prompts = CandidatePrompts(run, settings)
     examples = pd.read_parquet(run.path(schema.EXAMPLES_FILE))
     examples = examples[examples[schema.SPLIT] == cfg.split].head(cfg.max_examples).to_dict("records")
-    stem = f"{cfg.output.removesuffix('.parquet')}.{_fingerprint(cfg, settings)}"
+    stem = f"{cfg.output.removesuffix('.parquet')}.{stage.fingerprint()[:12]}"
     shard = JsonlLog(run.path(f"{stem}.{state.process_index}.jsonl"), key="key")
     mine = [e for n, e in enumerate(examples) if n % state.num_processes == state.process_index]
     todo = [e for e in mine if f"{e[schema.USER]}:{e[schema.HISTORY_LEN]}" not in shard]
@@ -120,5 +129,6 @@ def score_split(cfg: ScoreConfig) -> pd.DataFrame:
             for item, label, p in zip(r["items"], r["labels"], r[schema.P_YES])]
     table = pd.DataFrame(rows, columns=[schema.USER, schema.HISTORY_LEN, schema.ITEM, schema.LABEL, schema.P_YES])
     write_parquet(run.path(cfg.output), pa.Table.from_pandas(table, preserve_index=False))
+    stage.commit()
     log.info("scored %d candidates of %d %s examples -> %s", len(table), len(wanted), cfg.split, run.path(cfg.output))
     return table

@@ -20,9 +20,9 @@ import pandas as pd
 import pyarrow as pa
 
 from msr import schema
-from msr.config import config_hash
 from msr.data import images, splits
 from msr.data.loaders import FORMATS, read_dataset
+from msr.provenance import Stage, one_writer
 from msr.rundir import RunDir, write_json, write_parquet
 
 log = logging.getLogger(__name__)
@@ -73,14 +73,23 @@ class PrepareConfig:
             raise ValueError("max_seq_len must leave room for min_history + validation + test")
 
 
+def prepare_stage(run: RunDir, cfg: PrepareConfig) -> Stage:
+    """What the stage reads (the raw files and the image folder, by content) and writes."""
+    config = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("run_dir", "force")}
+    inputs = {"interactions": cfg.interactions, "items": cfg.items}
+    if cfg.image_dir:
+        inputs["image_dir"] = cfg.image_dir
+    return Stage(run, STAGE, config, inputs, outputs=[schema.ITEMS_FILE, schema.INTERACTIONS_FILE,
+                                                      schema.EXAMPLES_FILE, schema.DATA_STATS_FILE])
+
+
+@one_writer(STAGE)
 def prepare(cfg: PrepareConfig) -> dict:
     """Run the stage (or skip it when its outputs are current); return the statistics."""
     cfg.validate()
     run = RunDir(cfg.run_dir)
-    digest = config_hash(cfg, exclude=("run_dir", "force"))
-    outputs = [schema.ITEMS_FILE, schema.INTERACTIONS_FILE, schema.EXAMPLES_FILE, schema.DATA_STATS_FILE]
-    if not cfg.force and run.is_current(STAGE, digest):
-        log.info("data prepare: outputs in %s are current (use --force to redo)", run.root)
+    stage = prepare_stage(run, cfg)
+    if stage.is_current(cfg.force):
         return json.loads(run.path(schema.DATA_STATS_FILE).read_text())
 
     t0 = time.perf_counter()
@@ -191,7 +200,7 @@ def prepare(cfg: PrepareConfig) -> dict:
     }))
     stats = _statistics(cfg, n_users, n_items, lengths, items, split_names[split_codes], dropped, rounds)
     write_json(run.path(schema.DATA_STATS_FILE), stats)
-    run.record(STAGE, digest, dataclasses.asdict(cfg), outputs)
+    stage.commit()
     log.info("data prepare: done in %.1fs -> %s", time.perf_counter() - t0, run.root)
     return stats
 

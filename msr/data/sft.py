@@ -19,8 +19,9 @@ import datasets
 import pandas as pd
 
 from msr import schema
-from msr.config import config_hash
-from msr.prompts import Prompt, load_prompt
+from msr.data.prepare import STAGE as PREPARE_STAGE
+from msr.prompts import Prompt, load_prompt, prompt_path
+from msr.provenance import Stage, one_writer
 from msr.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -134,14 +135,38 @@ def candidates(example: dict) -> list[tuple[str, int]]:
     return [(example[schema.TARGET], 1)] + [(str(n), 0) for n in example[schema.NEGATIVES]]
 
 
+def question_inputs(run: RunDir, cfg: SftDataConfig) -> dict[str, Path]:
+    """Every file the recommender's question reads under `cfg` (training rows and scoring alike): the tables,
+    the summaries it shows, the prompt templates and the item images (the folder `msr data prepare` read)."""
+    inputs = {"items": run.path(schema.ITEMS_FILE), "examples": run.path(schema.EXAMPLES_FILE)}
+    if cfg.history_titles:
+        inputs["interactions"] = run.path(schema.INTERACTIONS_FILE)
+    if cfg.user_summary:
+        inputs["user_summaries"] = run.path(schema.USER_SUMMARIES_FILE)
+    if cfg.candidate_summary:
+        inputs["item_summaries"] = run.path(schema.ITEM_SUMMARY_TABLE)
+    for name in ("recommend_user", "recommend_candidate"):
+        inputs[f"prompt {name}"] = prompt_path(name, cfg.prompt_dir)
+    image_dir = run.manifest()["stages"].get(PREPARE_STAGE, {}).get("config", {}).get("image_dir")
+    if image_dir and Path(image_dir).is_dir():
+        inputs["image_dir"] = Path(image_dir)
+    run.require(*(str(p.relative_to(run.root)) for p in inputs.values() if p.parent == run.root))
+    return inputs
+
+
+def sft_stage(run: RunDir, cfg: SftDataConfig) -> Stage:
+    config = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("run_dir", "force")}
+    return Stage(run, STAGE, config, question_inputs(run, cfg),
+                 outputs=[f"{schema.SFT_DIR}/{split}" for split in cfg.splits])
+
+
+@one_writer(STAGE)
 def write_sft_rows(cfg: SftDataConfig) -> dict:
     """Write `sft/{split}` datasets; return the row counts per split."""
     cfg.validate()
     run = RunDir(cfg.run_dir)
-    digest = config_hash(cfg, exclude=("run_dir", "force"))
-    outputs = [f"{schema.SFT_DIR}/{split}" for split in cfg.splits]
-    if not cfg.force and run.is_current(STAGE, digest):
-        log.info("data sft: rows in %s are current (use --force to redo)", run.path(schema.SFT_DIR))
+    stage = sft_stage(run, cfg)
+    if stage.is_current(cfg.force):
         return {split: len(load_sft_split(run.root, split)) for split in cfg.splits}
     prompts = CandidatePrompts(run, cfg)
     examples = pd.read_parquet(run.path(schema.EXAMPLES_FILE))
@@ -166,7 +191,7 @@ def write_sft_rows(cfg: SftDataConfig) -> dict:
         counts[split] = len(rows)
         log.info("data sft: %d %s rows (%d with an image) -> %s", len(rows), split,
                  sum(1 for r in rows if r["images"]), target)
-    run.record(STAGE, digest, dataclasses.asdict(cfg), outputs)
+    stage.commit()
     return counts
 
 

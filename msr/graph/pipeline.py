@@ -27,7 +27,6 @@ import torch
 from safetensors.torch import load_file
 
 from msr import schema
-from msr.config import config_hash
 from msr.graph.build import build_item_graph, propagate
 from msr.graph.config import GraphConfig
 from msr.graph.data import (
@@ -42,14 +41,8 @@ from msr.graph.encode import embed_texts, encoder_key, resolve_encoder
 from msr.graph.model import MODEL_FILE, STATE_FILE, Pairs, Towers, fit, init_towers
 from msr.graph.ranking import recall_ndcg, target_ranks
 from msr.models import resolve_device
-from msr.rundir import (
-    RunDir,
-    atomic_path,
-    digest,
-    file_sha256,
-    write_json,
-    write_parquet,
-)
+from msr.provenance import Stage, one_writer
+from msr.rundir import RunDir, atomic_path, write_json, write_parquet
 
 log = logging.getLogger(__name__)
 TRAIN_STAGE, EVAL_STAGE = "graph.train", "graph.evaluate"
@@ -67,14 +60,26 @@ class Features:
     users: np.ndarray
 
 
-def train_digest(cfg: GraphConfig, run: RunDir) -> str:
-    """Hash of everything the trained model depends on: settings, encoder weights, input tables."""
-    inputs = [schema.ITEMS_FILE, schema.INTERACTIONS_FILE, schema.EXAMPLES_FILE]
-    inputs += [schema.ITEM_SUMMARY_TABLE] if cfg.item_summary else []
-    inputs += [schema.USER_SUMMARIES_FILE] if cfg.user_summary else []
-    run.require(*inputs)
-    return digest(config_hash(cfg, exclude=_NOT_HASHED), encoder_key(resolve_encoder(cfg.encoder)),
-                  [(name, file_sha256(run.path(name))) for name in inputs])
+def _tables(cfg: GraphConfig, run: RunDir) -> dict:
+    names = [schema.ITEMS_FILE, schema.INTERACTIONS_FILE, schema.EXAMPLES_FILE]
+    names += [schema.ITEM_SUMMARY_TABLE] if cfg.item_summary else []
+    names += [schema.USER_SUMMARIES_FILE] if cfg.user_summary else []
+    run.require(*names)
+    return {name: run.path(name) for name in names}
+
+
+def train_stage(cfg: GraphConfig, run: RunDir) -> Stage:
+    """What the trained model depends on: settings, encoder weights, input tables (by content)."""
+    config = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_HASHED}
+    return Stage(run, TRAIN_STAGE, config, _tables(cfg, run), {"encoder": encoder_key(resolve_encoder(cfg.encoder))},
+                 outputs=[GRAPH_FILE, f"{GRAPH_DIR}/{MODEL_FILE}", f"{GRAPH_DIR}/{STATE_FILE}"])
+
+
+def eval_stage(cfg: GraphConfig, run: RunDir, trained: Stage) -> Stage:
+    """What the scores depend on: the trained model (its files, by content) and the same inputs."""
+    inputs = {**trained.inputs, **{out: run.path(out) for out in trained.outputs}}
+    return Stage(run, EVAL_STAGE, {**trained.config, "ks": cfg.ks, "output": cfg.output}, inputs, trained.values,
+                 outputs=[cfg.output, METRICS_FILE])
 
 
 def embed(cfg: GraphConfig, run: RunDir, data: RunData) -> Features:
@@ -98,16 +103,16 @@ def _history(data: RunData, rows: pd.DataFrame) -> sp.csr_matrix:
     return prefix_matrix(data, rows["user_code"].to_numpy(), rows[schema.HISTORY_LEN].to_numpy())
 
 
+@one_writer(TRAIN_STAGE)
 def train_graph(cfg: GraphConfig) -> dict:
     """Train the graph recommender (or skip when current); return the training record."""
     cfg.validate()
     run = RunDir(cfg.run_dir)
-    key = train_digest(cfg, run)
-    outputs = [GRAPH_FILE, f"{GRAPH_DIR}/{MODEL_FILE}", f"{GRAPH_DIR}/{STATE_FILE}"]
-    if not cfg.force and run.is_current(TRAIN_STAGE, key):
-        log.info("graph train: model in %s is current (use --force to redo)", run.path(GRAPH_DIR))
+    stage = train_stage(cfg, run)
+    if stage.is_current(cfg.force):
         return json.loads(run.path(f"{GRAPH_DIR}/{STATE_FILE}").read_text(encoding="utf-8"))
     t0 = time.perf_counter()
+    key = stage.fingerprint()
     data = load_run(run)
     train, valid = _split_rows(data, schema.TRAIN), _split_rows(data, schema.VALID)
     for rows, what in ((train, "training"), (valid, "validation")):
@@ -140,7 +145,7 @@ def train_graph(cfg: GraphConfig) -> dict:
                  cfg.batch_size, cfg.max_epochs, cfg.patience, cfg.seed, resume=not cfg.force)
     record.update(edges=int(graph.nnz), train_pairs=len(train), seconds=round(time.perf_counter() - t0, 2))
     write_json(run.path(f"{GRAPH_DIR}/{STATE_FILE}"), record)
-    run.record(TRAIN_STAGE, key, dataclasses.asdict(cfg), outputs)
+    stage.commit()
     log.info("graph train: best valid recall@%d %.4f at epoch %d of %d", cfg.stop_k, record["best"],
              record["best_epoch"], record["epoch"])
     return record
@@ -162,19 +167,20 @@ def _candidate_codes(run: RunDir, data: RunData, rows: pd.DataFrame,
     return where, items
 
 
+@one_writer(EVAL_STAGE)
 def evaluate_graph(cfg: GraphConfig) -> dict:
     """Full-ranking metrics and scored candidates of the trained model (or skip when current)."""
     from msr.evaluate import candidate_table
 
     cfg.validate()
     run = RunDir(cfg.run_dir)
-    trained = train_digest(cfg, run)
-    if not run.is_current(TRAIN_STAGE, trained):
-        raise FileNotFoundError(f"{run.path(GRAPH_DIR)}: no trained model for these settings and inputs: run "
-                                "`msr graph train` with the same settings first")
-    key = digest(trained, cfg.ks, cfg.output)
-    if not cfg.force and run.is_current(EVAL_STAGE, key):
-        log.info("graph evaluate: outputs in %s are current (use --force to redo)", run.root)
+    trained = train_stage(cfg, run)
+    status = trained.status()
+    if not status.current:
+        raise FileNotFoundError(f"{run.path(GRAPH_DIR)}: no current trained model for these settings and inputs "
+                                f"({status}): run `msr graph train` with the same settings first")
+    stage = eval_stage(cfg, run, trained)
+    if stage.is_current(cfg.force):
         return json.loads(run.path(METRICS_FILE).read_text(encoding="utf-8"))
     data = load_run(run)
     features = embed(cfg, run, data)
@@ -201,7 +207,7 @@ def evaluate_graph(cfg: GraphConfig) -> dict:
             scored.append(table.drop(columns=[schema.CUTOFF_TS]))
     write_parquet(run.path(cfg.output), pa.Table.from_pandas(pd.concat(scored, ignore_index=True), preserve_index=False))
     write_json(run.path(METRICS_FILE), metrics)
-    run.record(EVAL_STAGE, key, dataclasses.asdict(cfg), [cfg.output, METRICS_FILE])
+    stage.commit()
     log.info("graph evaluate: test %s", {k: round(v, 4) for k, v in metrics[schema.TEST].items()})
     return metrics
 

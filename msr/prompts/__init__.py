@@ -38,11 +38,16 @@ class Prompt:
         return self.text.format(**values).strip()
 
 
-def load_prompt(name: str, prompt_dir: str | Path | None = None) -> Prompt:
-    """Load `{name}.txt` from `prompt_dir` (default: the templates shipped with msr)."""
+def prompt_path(name: str, prompt_dir: str | Path | None = None) -> Path:
+    """The file of prompt `name` in `prompt_dir` (default: the templates shipped with msr)."""
     folder = Path(prompt_dir) if prompt_dir else PROMPT_DIR
     path = folder / f"{name}.txt"
     if not path.is_file():
         known = sorted(p.stem for p in folder.glob("*.txt"))
         raise FileNotFoundError(f"no prompt {name!r} in {folder}; known: {', '.join(known)}")
-    return Prompt(name, path.read_text(encoding="utf-8"))
+    return path
+
+
+def load_prompt(name: str, prompt_dir: str | Path | None = None) -> Prompt:
+    """Load `{name}.txt` from `prompt_dir` (default: the templates shipped with msr)."""
+    return Prompt(name, prompt_path(name, prompt_dir).read_text(encoding="utf-8"))
