@@ -56,3 +56,125 @@ def test_the_encoder_loads_offline_and_embeds(tmp_path) -> None:
     encoder = load_encoder(str(folder), device="cpu")
     vectors = encoder.encode(["a red mug", "a blue lamp"], convert_to_numpy=True)
     assert vectors.shape[0] == 2 and vectors.shape[1] > 0 and not (vectors[0] == vectors[1]).all()
+
+
+def _tiny_lm(path, seed: int = 0):
+    from msr.tiny import build_tiny_lm
+
+    return build_tiny_lm(path, ["a red mug", "a blue lamp", "a wool hat"], seed=seed)
+
+
+def test_model_identity_is_the_directory_content_not_its_path(tmp_path) -> None:
+    import shutil
+
+    from msr.models import model_identity
+
+    folder = _tiny_lm(tmp_path / "lm")
+    first = model_identity(str(folder))
+    assert first == model_identity(str(folder)) == model_identity(str(folder) + "/")
+    assert model_identity(str(shutil.copytree(folder, tmp_path / "elsewhere" / "copy"))) == first
+    assert model_identity(str(_tiny_lm(tmp_path / "same-seed"))) == first  # same seed, same bytes
+    _tiny_lm(folder, seed=1)  # rebuilt in place with other weights
+    rebuilt = model_identity(str(folder))
+    assert rebuilt != first
+    template = folder / "chat_template.jinja"
+    template.write_text(template.read_text() + "\n")
+    assert model_identity(str(folder)) not in (first, rebuilt)
+    (folder / "notes.txt").write_text("not part of the model")  # files the model is not made of are ignored
+    edited = model_identity(str(folder))
+    (folder / "notes.txt").write_text("still not")
+    assert model_identity(str(folder)) == edited
+
+
+def test_model_identity_covers_processor_files_and_adapters(tmp_path) -> None:
+    import json
+
+    from msr.models import model_identity
+
+    from msr.tiny import build_tiny_vlm
+
+    vlm = build_tiny_vlm(tmp_path / "vlm", "qwen2_5_vl", ["a red mug"])
+    before = model_identity(str(vlm))
+    config = vlm / "processor_config.json"
+    data = json.loads(config.read_text())
+    data["image_processor"]["size"]["longest_edge"] = 4 * 28 * 28
+    config.write_text(json.dumps(data))
+    assert model_identity(str(vlm)) != before
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text('{"r": 8}')
+    (adapter / "adapter_model.safetensors").write_bytes(b"weights-1")
+    one = model_identity(str(adapter))
+    (adapter / "adapter_model.safetensors").write_bytes(b"weights-2")
+    assert model_identity(str(adapter)) != one
+    (adapter / "adapter_model.safetensors").write_bytes(b"weights-1")
+    assert model_identity(str(adapter)) == one
+
+
+def test_model_identity_is_cached_within_the_process(tmp_path, monkeypatch) -> None:
+    import msr.models
+
+    folder = _tiny_lm(tmp_path / "lm", seed=7)
+    calls = []
+    real = msr.models.file_sha256
+    monkeypatch.setattr(msr.models, "file_sha256", lambda path: calls.append(path) or real(path))
+    first = msr.models.model_identity(str(folder))
+    assert calls and any(str(p).endswith("model.safetensors") for p in calls)
+    calls.clear()
+    assert msr.models.model_identity(str(folder)) == first and calls == []  # stat only
+
+
+def test_large_weight_files_are_hashed_by_sampling(tmp_path, monkeypatch) -> None:
+    import msr.models
+
+    monkeypatch.setattr(msr.models, "LARGE_FILE", 10_000)
+    monkeypatch.setattr(msr.models, "_EDGE", 1_000)
+    monkeypatch.setattr(msr.models, "_SAMPLE", 10)
+    folder = tmp_path / "big"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    weights = folder / "model.safetensors"
+    weights.write_bytes(bytes(50_000))
+    hashed = []
+    real = msr.models.file_sha256
+    monkeypatch.setattr(msr.models, "file_sha256", lambda path: hashed.append(path.name) or real(path))
+    base = msr.models.model_identity(str(folder))
+    assert hashed == ["config.json"]  # the large file is not read whole
+
+    def with_byte(offset: int) -> str:
+        data = bytearray(50_000)
+        data[offset] = 1
+        weights.write_bytes(bytes(data))
+        return msr.models.model_identity(str(folder))
+
+    assert with_byte(0) != base and with_byte(49_999) != base  # first and last _EDGE bytes
+    stride = (50_000 - 2 * 1_000) // (msr.models._SAMPLES + 1)
+    assert with_byte(1_000 + 5 * stride) != base  # a sample
+    weights.write_bytes(bytes(50_001))
+    assert msr.models.model_identity(str(folder)) != base  # the size
+
+
+def test_hub_ids_resolve_their_commit_offline_from_the_cache(tmp_path, monkeypatch) -> None:
+    import socket
+
+    from huggingface_hub import constants
+
+    from msr.models import model_identity
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("model_identity touched the network")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    unresolved = model_identity("org/model")
+    assert unresolved == model_identity("org/model") != model_identity("org/model", "v1")
+    assert model_identity("org/other") != unresolved
+    refs = tmp_path / "hub" / "models--org--model" / "refs"
+    refs.mkdir(parents=True)
+    (refs / "main").write_text("a" * 40)
+    resolved = model_identity("org/model")
+    assert resolved != unresolved and resolved == model_identity("org/model", "a" * 40)
+    (refs / "main").write_text("b" * 40)  # the cached main moved to another commit
+    assert model_identity("org/model") not in (resolved, unresolved)
+    (refs / "v1").write_text("a" * 40)
+    assert model_identity("org/model", "v1") == resolved

@@ -51,7 +51,8 @@ class Request:
 
 
 class Backend(ABC):
-    """Generates one text per request; `model_id` names the model in cache keys."""
+    """Generates one text per request; `model_id` names the model in messages. (Cache keys come from the
+    config, `SummarizeConfig.model_key`: the model's identity and the settings that change outputs.)"""
 
     model_id: str
     batch_size: int
@@ -120,7 +121,7 @@ class OpenAIBackend(Backend):
     """Any OpenAI-compatible chat-completions server (vLLM, SGLang, Ollama, `transformers serve`).
 
     `api_base` is the server's base URL including `/v1` (e.g. `http://127.0.0.1:8000/v1`); `model`
-    is the server's model id and names the model in cache keys. The API key is read from the
+    is the server's model id; cache keys carry it with `api_base` (the weights are remote). The API key is read from the
     environment variable `api_key_env` ("EMPTY" when unset: local servers need none) and is kept
     only inside the client, never in `repr`, configs or cache keys. The `openai` SDK retries
     connection errors, 408/409/429 and 5xx with exponential back-off (`max_retries`) and bounds

@@ -1,7 +1,8 @@
 """`msr summarize items`: one paragraph per item from its image, title and description.
 
-Results go to an append-only JSONL cache keyed by (item content, image bytes, model, prompt,
-generation settings), flushed after every batch: killing the process loses at most the batch in
+Results go to an append-only JSONL cache keyed by (item content, image bytes, model name, prompt,
+generation settings, model identity and output-changing backend settings: see
+`SummarizeConfig.model_key`), flushed after every batch: killing the process loses at most the batch in
 flight, and a re-run generates only what is missing. A re-run with everything cached does not
 even load the model.
 """
@@ -41,13 +42,17 @@ class ItemPrompts:
         self.text_only = load_prompt("item_summary_text_only", cfg.prompt_dir)
         self.model = cfg.model_for("items")
         self.settings: GenerationSettings = cfg.settings
+        # the model's identity and the backend settings that change its outputs (max_pixels only matters
+        # with an image); computed once, from the files, without loading the model
+        self.model_keys = {True: cfg.model_key("items", with_image=True), False: cfg.model_key("items")}
 
     def prompt_for(self, item: dict) -> Prompt:
         return self.with_image if item[schema.IMAGE] else self.text_only
 
     def key(self, item: dict, image_digest: str) -> str:
         return digest("item", item[schema.ITEM], item[schema.TITLE], item[schema.DESCRIPTION], image_digest,
-                      self.model, self.prompt_for(item).hash, self.settings.key())
+                      self.model, self.prompt_for(item).hash, self.settings.key(),
+                      self.model_keys[bool(item[schema.IMAGE])])
 
     def request(self, item: dict) -> Request:
         text = self.prompt_for(item).render(title=item[schema.TITLE], description=_description(item))
@@ -101,7 +106,8 @@ def summarize_items(cfg: SummarizeConfig, backend: Backend | None = None) -> dic
                 batch = pending[lo:lo + step]
                 texts = backend.generate([prompts.request(item) for _, item in batch], prompts.settings)
                 cache.append([{"key": key, schema.ITEM: item[schema.ITEM], schema.SUMMARY: text,
-                               "model": prompts.model, "prompt": prompts.prompt_for(item).name,
+                               "model": prompts.model, "model_key": prompts.model_keys[bool(item[schema.IMAGE])],
+                               "prompt": prompts.prompt_for(item).name,
                                "has_image": bool(item[schema.IMAGE])} for (key, item), text in zip(batch, texts)])
                 stats["generated"] += len(batch)
                 stats["empty"] += sum(1 for t in texts if not t)

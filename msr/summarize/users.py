@@ -5,8 +5,9 @@ items; block 1 is summarized from scratch, each later block from the previous te
 items (title + item summary). The state after every block boundary, and after each example's
 partial last block, is cached under a hash chain: its key covers the previous state's key and
 the block's items and item summaries. So a later cutoff of the same user reuses the earlier
-blocks, a user who gains one block costs one call, and changing an item summary, a prompt or the
-model recomputes exactly the states downstream of it. Direct mode (the ablation) summarizes each
+blocks, a user who gains one block costs one call, and changing an item summary (hence the item
+VLM), a prompt, the user LM's weights/processor files or its dtype/4-bit setting recomputes exactly
+the states downstream of it. Direct mode (the ablation) summarizes each
 example's whole history in one call.
 
 By construction a state for a cutoff at position h reads only the user's first h interactions:
@@ -25,6 +26,7 @@ from tqdm.auto import tqdm
 
 from msr import schema
 from msr.prompts import load_prompt
+from msr.provenance import Stage
 from msr.rundir import JsonlLog, RunDir, digest, write_parquet
 from msr.summarize.backends import Backend, Request
 from msr.summarize.config import SummarizeConfig, make_backend
@@ -102,7 +104,10 @@ def summarize_users(cfg: SummarizeConfig, backend: Backend | None = None) -> dic
     model, settings = cfg.model_for("users"), cfg.settings
     names = ("user_summary_direct",) if cfg.mode == "direct" else ("user_summary_first", "user_summary_update")
     prompts = {name: load_prompt(name, cfg.prompt_dir) for name in names}
-    root = digest("user", cfg.mode, model, settings.key(), cfg.block_size, [p.hash for p in prompts.values()])
+    # the user LM's identity and output-changing backend settings (`SummarizeConfig.model_key`) are in the root;
+    # the item summaries' keys (which carry the item VLM's) are in every state's key
+    root = digest("user", cfg.mode, model, settings.key(), cfg.block_size, [p.hash for p in prompts.values()],
+                  cfg.model_key("users"))
 
     sequences, cutoffs = history_cutoffs(run)
     states = plan_states(sequences, cutoffs, item_keys, root, cfg.block_size, cfg.mode)
@@ -143,6 +148,8 @@ def summarize_users(cfg: SummarizeConfig, backend: Backend | None = None) -> dic
         schema.USER: pa.array([r[0] for r in rows], pa.string()),
         schema.HISTORY_LEN: pa.array([r[1] for r in rows], pa.int32()),
         schema.SUMMARY: pa.array([r[2] for r in rows], pa.string())}))
-    run.record(STAGE, root, dataclasses.asdict(cfg), [schema.USER_SUMMARIES_FILE])
+    # the table's provenance: what it read is in `root` (model identity, settings, prompts) and in each state's
+    # chained key (items and their summary keys), which the cache checks state by state
+    Stage(run, STAGE, dataclasses.asdict(cfg), values={"states": root}, outputs=[schema.USER_SUMMARIES_FILE]).commit()
     log.info("user summaries (%s): %s", cfg.mode, stats)
     return stats

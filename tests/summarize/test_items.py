@@ -85,3 +85,41 @@ def test_kill_and_resume_loses_and_duplicates_nothing(tiny_run: dict) -> None:
     assert backend.calls == n_items - done_before == stats["generated"]
     keys = [r["key"] for r in _records(run)]
     assert len(keys) == len(set(keys)) == n_items
+
+
+def test_keys_cover_dtype_4bit_and_max_pixels_and_the_openai_server(tiny_run: dict) -> None:
+    import torch
+
+    from msr.summarize.items import item_keys
+
+    run = RunDir(tiny_run["run"])
+    items = pd.read_parquet(tiny_run["run"] / schema.ITEMS_FILE)
+    with_image = set(items.loc[items[schema.IMAGE].notna(), schema.ITEM])
+    base = item_keys(run, _config(tiny_run))
+    if not torch.cuda.is_available():  # "auto" is keyed as what it resolves to: float32 on a CPU
+        assert item_keys(run, _config(tiny_run, dtype="float32")) == base
+    for change in ({"dtype": "bfloat16"}, {"dtype": "float16"}, {"load_in_4bit": True}):
+        changed = item_keys(run, _config(tiny_run, **change))
+        assert all(changed[i] != base[i] for i in base), change
+    capped = item_keys(run, _config(tiny_run, max_pixels=4 * 28 * 28))
+    assert {i for i in base if capped[i] != base[i]} == with_image  # the image cap does not touch text-only prompts
+    # the HTTP backend: the server's model name and api_base (its weights are remote; nothing is read locally)
+    remote = item_keys(run, _config(tiny_run, backend="openai", item_model="org/no-such-local-model",
+                                    api_base="http://127.0.0.1:8000/v1"))
+    elsewhere = item_keys(run, _config(tiny_run, backend="openai", item_model="org/no-such-local-model",
+                                       api_base="http://10.0.0.1:8000/v1"))
+    assert all(remote[i] != elsewhere[i] and remote[i] != base[i] for i in base)
+
+
+def test_max_pixels_regenerates_the_image_items_of_a_qwen_model(tiny_run: dict, tmp_path: Path) -> None:
+    from msr.tiny import build_tiny_vlm
+
+    items = pd.read_parquet(tiny_run["run"] / schema.ITEMS_FILE)
+    with_image = int(items[schema.IMAGE].notna().sum())
+    qwen = str(build_tiny_vlm(tmp_path / "qwen", "qwen2_5_vl", items[schema.TITLE].tolist()))
+    cfg = _config(tiny_run, item_model=qwen, max_new_tokens=3, batch_size=16)
+    assert summarize_items(cfg)["generated"] == len(items)
+    capped = _config(tiny_run, item_model=qwen, max_new_tokens=3, batch_size=16, max_pixels=4 * 28 * 28)
+    stats = summarize_items(capped)
+    assert stats["generated"] == with_image and stats["cached"] == len(items) - with_image
+    assert summarize_items(cfg)["generated"] == 0 == summarize_items(capped)["generated"]

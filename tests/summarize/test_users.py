@@ -76,3 +76,62 @@ def test_direct_mode_one_call_per_cutoff(tiny_run: dict) -> None:
     stats = summarize_users(cfg)
     examples = pd.read_parquet(Path(cfg.run_dir) / schema.EXAMPLES_FILE)
     assert stats["states"] == len(examples.drop_duplicates([schema.USER, schema.HISTORY_LEN]))
+
+
+def _generated(stats: dict) -> int:
+    return stats["generated"]
+
+
+def _keep_users(run: Path, n: int) -> None:
+    """Cut this test's private copy of the run to the examples of its first `n` users (fewer states to generate)."""
+    examples = pd.read_parquet(run / schema.EXAMPLES_FILE)
+    keep = examples[schema.USER].drop_duplicates().head(n)
+    examples[examples[schema.USER].isin(keep)].to_parquet(run / schema.EXAMPLES_FILE, index=False)
+
+
+def test_rebuilt_models_regenerate_exactly_what_depends_on_them(tiny_run: dict, tmp_path: Path) -> None:
+    """A model rebuilt in the same folder with other weights is another model: the item VLM's summaries and every
+    state built on them are regenerated; the user LM's only its states. A no-op re-run loads no model."""
+    from msr.tiny import build_tiny_lm, build_tiny_vlm
+
+    _keep_users(tiny_run["run"], 8)
+    titles = pd.read_parquet(tiny_run["run"] / schema.ITEMS_FILE)[schema.TITLE].tolist()
+    vlm, lm = tmp_path / "vlm", tmp_path / "lm"
+    build_tiny_vlm(vlm, "llava", titles)
+    build_tiny_lm(lm, titles)
+    cfg = _config(tiny_run, item_model=str(vlm), user_model=str(lm), max_new_tokens=3)
+    items = summarize_items(cfg)
+    users = summarize_users(cfg)
+    assert _generated(items) == items["items"] and _generated(users) == users["states"] > 0
+
+    build_tiny_lm(lm, titles, seed=1)  # only the user LM changes
+    assert _generated(summarize_items(cfg)) == 0
+    assert _generated(summarize_users(cfg)) == users["states"]
+
+    build_tiny_vlm(vlm, "llava", titles, seed=1)  # the item VLM changes: its summaries, and every state on them
+    assert _generated(summarize_items(cfg)) == items["items"]
+    assert _generated(summarize_users(cfg)) == users["states"]
+
+
+def test_a_no_op_rerun_loads_no_model(tiny_run: dict, monkeypatch) -> None:
+    import msr.summarize.backends
+
+    _keep_users(tiny_run["run"], 8)
+    cfg = _config(tiny_run, max_new_tokens=3)
+    summarize_items(cfg)
+    summarize_users(cfg)
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("a fully cached re-run loaded a model")
+
+    monkeypatch.setattr(msr.summarize.backends, "load_model", no_load)
+    again = TransformersBackend.__new__(TransformersBackend)  # a backend that was never loaded, counting calls
+    assert _generated(summarize_items(cfg)) == 0 and _generated(summarize_users(cfg)) == 0
+    assert _generated(summarize_items(cfg, again)) == 0 and _generated(summarize_users(cfg, again)) == 0
+    assert again.calls == 0
+    # the same holds with dtype spelled as what "auto" resolves to here
+    import torch
+
+    if not torch.cuda.is_available():
+        spelled = _config(tiny_run, max_new_tokens=3, dtype="float32")
+        assert _generated(summarize_items(spelled)) == 0 and _generated(summarize_users(spelled)) == 0
