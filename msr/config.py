@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
-import json
 from pathlib import Path
 from typing import Any, Sequence, TypeVar
 
@@ -94,10 +92,3 @@ def _check_type(source: str, key: str, value: Any, hint: Any) -> None:
         if isinstance(origin, type) and isinstance(value, origin):
             return
     raise ConfigError(f"{source}: {key}: {value!r} is not a valid {hint}")
-
-
-def config_hash(config: Any, exclude: Sequence[str] = ()) -> str:
-    """A short stable hash of a config dataclass, used to tell whether a stage's outputs are current."""
-    values = {k: v for k, v in dataclasses.asdict(config).items() if k not in exclude}
-    blob = json.dumps(values, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]

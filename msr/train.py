@@ -3,37 +3,105 @@
 `recipes/sft.py` is the script users launch (`accelerate launch recipes/sft.py --config ...`);
 this module holds what it does, so the quickstart and the tests run the very same code.
 Completion-only loss comes from TRL itself (prompt/completion rows), the collator is TRL's, the
-adapters are PEFT's. Training resumes from the last checkpoint in `output_dir`, and only when
-that checkpoint was made with the same settings (a fingerprint kept beside it): resuming another
-configuration's checkpoint would silently train, or skip, the wrong thing.
+adapters are PEFT's. Training resumes from the last complete checkpoint in `output_dir`, and only
+when that checkpoint was made with the same settings and the same rows (a fingerprint kept beside
+it): resuming another configuration's checkpoint would silently train, or skip, the wrong thing.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
+import os
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 
 from peft import LoraConfig
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer import (
+    FSDP_MODEL_NAME,
+    OPTIMIZER_NAME,
+    OPTIMIZER_NAME_BIN,
+    SCHEDULER_NAME,
+    TRAINER_STATE_NAME,
+)
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.utils import (
+    ADAPTER_SAFE_WEIGHTS_NAME,
+    ADAPTER_WEIGHTS_NAME,
+    SAFE_WEIGHTS_INDEX_NAME,
+    SAFE_WEIGHTS_NAME,
+    WEIGHTS_INDEX_NAME,
+    WEIGHTS_NAME,
+)
 from trl import ModelConfig, SFTConfig, SFTTrainer
 
 from msr import __version__, schema
-from msr.data.sft import STAGE as SFT_STAGE
 from msr.data.sft import load_sft_split
-from msr.models import load_model, lora_target_regex
-from msr.rundir import RunDir
+from msr.models import load_model, lora_target_regex, model_identity
+from msr.rundir import RunDir, digest, file_sha256
 
 log = logging.getLogger(__name__)
 FINGERPRINT_FILE = "msr_training.json"
-# SFTConfig fields that decide what a run learns (logging, saving and evaluation cadence do not)
-_LEARNING_FIELDS = ("learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
-                    "gradient_accumulation_steps", "lr_scheduler_type", "warmup_steps", "warmup_ratio",
-                    "weight_decay", "optim", "seed", "bf16", "fp16", "completion_only_loss", "max_length")
+INCOMPLETE_PREFIX = "incomplete-"  # an incomplete checkpoint-N is moved aside to incomplete-checkpoint-N
+
+# The training fingerprint holds EVERY field of SFTConfig, ModelConfig and SftScriptArguments except
+# these, which only decide when things are logged, saved or evaluated, where results go and how
+# fast data is loaded: none of them changes the weights a run learns. A field not named here counts,
+# so a setting a new TRL or transformers release adds refuses a resume until it is judged here.
+# (Every name must be a field of the installed classes: tests/test_train.py checks it.)
+NOT_LEARNING_TRAINING: dict[str, tuple[str, ...]] = {
+    # where the run writes and what trackers call it: output_dir is the folder being claimed itself
+    "output and run identity": ("output_dir", "run_name", "project", "report_to", "trackio_space_id",
+                                "trackio_bucket_id", "trackio_static_space_id"),
+    # what is logged and how often; logging_nan_inf_filter only filters the logged running loss,
+    # include_num_input_tokens_seen only counts tokens for the log, skip_memory_metrics only
+    # measures, debug only detects under/overflow
+    "logging": ("logging_strategy", "logging_steps", "logging_first_step", "log_on_each_node",
+                "logging_nan_inf_filter", "include_num_input_tokens_seen", "log_level", "log_level_replica",
+                "disable_tqdm", "skip_memory_metrics", "debug"),
+    # when and what checkpoints are written (resuming needs optimizer and scheduler files: a
+    # checkpoint without them is incomplete, see last_complete_checkpoint); enable_jit_checkpoint
+    # saves one on SIGTERM
+    "saving": ("save_strategy", "save_steps", "save_total_limit", "save_on_each_node", "save_only_model",
+               "enable_jit_checkpoint"),
+    # publishing to the Hub (hub_token is a secret, never written to the fingerprint file)
+    "publishing": ("push_to_hub", "hub_token", "hub_private_repo", "hub_model_id", "hub_strategy",
+                   "hub_always_push", "hub_revision"),
+    # when and how the eval loss is computed: evaluation runs with gradients off and never steps the
+    # optimizer (the eval rows' content still counts, as `rows.eval`: the logged eval losses of a
+    # resumed run must be on the same rows)
+    "evaluation": ("eval_strategy", "eval_steps", "eval_delay", "eval_on_start", "per_device_eval_batch_size",
+                   "prediction_loss_only", "eval_do_concat_batches", "eval_use_gather_object",
+                   "eval_accumulation_steps", "include_for_metrics", "batch_eval_metrics", "bf16_full_eval",
+                   "fp16_full_eval", "eval_packing"),
+    # how many processes load and tokenize the rows, and host-memory pinning: the same batches in the
+    # same order either way (dataloader_in_order is NOT here: out of order changes the batch order)
+    "data loading speed": ("dataloader_num_workers", "dataloader_pin_memory", "dataloader_persistent_workers",
+                           "dataloader_prefetch_factor", "dataloader_multiprocessing_context",
+                           "dataset_num_proc"),
+    # launcher and script bookkeeping: msr picks the checkpoint to resume itself; do_* are only read
+    # by scripts, local_rank is set per process by the launcher, torch_empty_cache_steps only frees
+    # cached memory
+    "launcher": ("resume_from_checkpoint", "do_train", "do_eval", "do_predict", "local_rank",
+                 "torch_empty_cache_steps"),
+    # how DDP exchanges gradients, not their values: searching for unused parameters (TRL sets it
+    # itself for a VLM), bucket size, a static graph, the time a collective may wait
+    "distributed communication": ("ddp_find_unused_parameters", "ddp_bucket_cap_mb", "ddp_static_graph",
+                                  "ddp_timeout"),
+    # deprecated aliases that transformers keeps equal to activation_checkpointing(_kwargs), which count
+    "aliases": ("gradient_checkpointing", "gradient_checkpointing_kwargs"),
+}
+# SftScriptArguments fields used only for the eval loss (the eval rows' content counts as `rows.eval`)
+NOT_LEARNING_SCRIPT: dict[str, tuple[str, ...]] = {"evaluation": ("eval_split", "max_eval_rows")}
+# With load_best_model_at_end the final weights are the checkpoint with the best eval metric, so
+# when is evaluated and saved, and on which rows, does pick what a run produces: these groups count.
+PICK_THE_RESULT_WITH_BEST_MODEL = ("saving", "evaluation")
 
 
 @dataclass
@@ -82,6 +150,20 @@ def peft_config(model_cfg: ModelConfig, model) -> LoraConfig | None:
         use_rslora=model_cfg.use_rslora, use_dora=model_cfg.use_dora)
 
 
+def _own_copy(training: SFTConfig) -> SFTConfig:
+    """A copy of `training` for the trainer to keep: TRL and transformers fill in some of their args
+    (ddp_find_unused_parameters for a VLM, gradient-checkpointing kwargs), and the caller's config
+    must stay what the recipe says, for training_fingerprint. Shallow (the process state is shared),
+    except the fields' own dicts and lists, copied together so that aliases stay one object (TRL edits
+    gradient_checkpointing_kwargs, the Trainer reads activation_checkpointing_kwargs)."""
+    clone, memo = copy.copy(training), {}
+    for f in dataclasses.fields(training):
+        value = getattr(training, f.name)
+        if isinstance(value, (dict, list, set)) or (dataclasses.is_dataclass(value) and not isinstance(value, type)):
+            setattr(clone, f.name, copy.deepcopy(value, memo))
+    return clone
+
+
 def build_trainer(script: SftScriptArguments, training: SFTConfig, model_cfg: ModelConfig) -> SFTTrainer:
     """The SFTTrainer for a recipe: rows from the run, the model from msr.models, LoRA on the LM."""
     _check(training, model_cfg)
@@ -94,16 +176,61 @@ def build_trainer(script: SftScriptArguments, training: SFTConfig, model_cfg: Mo
     loaded = load_model(model_cfg.model_name_or_path, model_cfg.dtype or "auto",
                         load_in_4bit=model_cfg.load_in_4bit, trust_remote_code=training.trust_remote_code,
                         for_training=True, max_pixels=script.max_pixels)
-    return SFTTrainer(model=loaded.model, args=training, train_dataset=train_rows, eval_dataset=eval_rows,
-                      processing_class=loaded.processor, peft_config=peft_config(model_cfg, loaded.model))
+    return SFTTrainer(model=loaded.model, args=_own_copy(training), train_dataset=train_rows,
+                      eval_dataset=eval_rows, processing_class=loaded.processor,
+                      peft_config=peft_config(model_cfg, loaded.model))
+
+
+def _plain(value):
+    """`value` as JSON data: enums by value, paths as strings, dataclasses (AcceleratorConfig) as dicts."""
+    if isinstance(value, Enum):
+        return _plain(value.value)
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (set, frozenset)):
+        return sorted((_plain(v) for v in value), key=str)
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)  # torch.dtype and the like
+
+
+def _settings(config, excluded: set[str]) -> dict:
+    return {f.name: _plain(getattr(config, f.name)) for f in dataclasses.fields(config)
+            if f.init and f.name not in excluded}
+
+
+def rows_digest(run_dir: str | Path, split: str) -> str:
+    """A digest of the files of one split's rows (`sft/{split}`, as load_sft_split reads them): each
+    file's relative name and sha256, in sorted order. The rows embed their images, so this is the
+    content training reads."""
+    path = RunDir(run_dir).path(f"{schema.SFT_DIR}/{split}")
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} not found: run `msr data sft --run_dir {run_dir}` first")
+    files = sorted((p.relative_to(path).as_posix(), p) for p in path.rglob("*") if p.is_file())
+    return digest([(name, file_sha256(p)) for name, p in files])
 
 
 def training_fingerprint(script: SftScriptArguments, training: SFTConfig, model_cfg: ModelConfig) -> dict:
-    """What a training run's result depends on: rows, model, adapter and optimisation settings."""
-    rows = {"data.sft": RunDir(script.run_dir).manifest()["stages"].get(SFT_STAGE, {}).get("config_hash")}
-    learning = {k: getattr(training, k, None) for k in _LEARNING_FIELDS}
-    return json.loads(json.dumps({"script": dataclasses.asdict(script), "rows": rows, "training": learning,
-                                  "model": dataclasses.asdict(model_cfg)}, sort_keys=True, default=str))
+    """What a training run's result depends on: every setting of the three configs except the named
+    cadence and bookkeeping ones (NOT_LEARNING_*), the base model's identity (its files' content, or the
+    hub commit), the number of processes (the global batch is
+    per-device batch x accumulation x processes), and the content of the rows it reads (hashed here,
+    once per call: the rows are small beside a training run)."""
+    counted = PICK_THE_RESULT_WITH_BEST_MODEL if training.load_best_model_at_end else ()
+    not_training = {k for group, names in NOT_LEARNING_TRAINING.items() if group not in counted for k in names}
+    not_script = {k for group, names in NOT_LEARNING_SCRIPT.items() if group not in counted for k in names}
+    rows = {"train": rows_digest(script.run_dir, script.train_split),
+            "eval": rows_digest(script.run_dir, script.eval_split) if script.eval_split else None}
+    model = {**_settings(model_cfg, set()), "identity": model_identity(model_cfg.model_name_or_path)}
+    fingerprint = {"script": _settings(script, not_script), "training": _settings(training, not_training),
+                   "model": model, "rows": rows, "launch": {"world_size": training.world_size}}
+    return json.loads(json.dumps(fingerprint, sort_keys=True))
 
 
 def claim_output_dir(out: Path, fingerprint: dict, restart: bool = False) -> None:
@@ -130,16 +257,99 @@ def claim_output_dir(out: Path, fingerprint: dict, restart: bool = False) -> Non
     path.write_text(json.dumps(fingerprint, indent=2, sort_keys=True), encoding="utf-8")
 
 
+_CHECKPOINT = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")  # as transformers' get_last_checkpoint
+_WEIGHTS = {SAFE_WEIGHTS_NAME, WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_INDEX_NAME,
+            ADAPTER_SAFE_WEIGHTS_NAME, ADAPTER_WEIGHTS_NAME}
+
+
+def _readable_state(path: Path) -> bool:
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # missing, or truncated (the Trainer does not write it atomically)
+        return False
+    return isinstance(state, dict) and isinstance(state.get("global_step"), int)
+
+
+def checkpoint_gaps(path: str | Path) -> list[str]:
+    """What a checkpoint folder lacks for resuming (empty: it is complete). See last_complete_checkpoint."""
+    path = Path(path)
+    try:
+        names = set(os.listdir(path))
+    except OSError:
+        return ["the folder itself"]
+    folders = {n for n in names if (path / n).is_dir()}
+    deepspeed = any(n.startswith("global_step") for n in folders)  # DeepSpeed keeps its states there
+    gaps = [] if _readable_state(path / TRAINER_STATE_NAME) else [f"a readable {TRAINER_STATE_NAME}"]
+    adapters = any((path / n / w).is_file() for n in folders for w in (ADAPTER_SAFE_WEIGHTS_NAME, ADAPTER_WEIGHTS_NAME))
+    if not (names & _WEIGHTS or adapters or deepspeed or any(FSDP_MODEL_NAME in n for n in names)):
+        gaps.append("model or adapter weights")
+    if not ({OPTIMIZER_NAME, OPTIMIZER_NAME_BIN} & names or deepspeed
+            or any(OPTIMIZER_NAME_BIN.split(".")[0] in n for n in folders)):  # FSDP's sharded optimizer_0
+        gaps.append(OPTIMIZER_NAME)
+    if SCHEDULER_NAME not in names and not deepspeed:
+        gaps.append(SCHEDULER_NAME)
+    return gaps
+
+
+def _checkpoints(out_dir: str | Path) -> list[Path]:
+    """The checkpoint-N folders in `out_dir`, newest (highest N) first."""
+    out = Path(out_dir)
+    if not out.is_dir():
+        return []
+    found = [(int(m.group(1)), out / n) for n in os.listdir(out) if (m := _CHECKPOINT.match(n)) and (out / n).is_dir()]
+    return [path for _, path in sorted(found, reverse=True)]
+
+
+def last_complete_checkpoint(out_dir: str | Path) -> str | None:
+    """The newest checkpoint in `out_dir` that can be resumed, or None.
+
+    A run killed while saving leaves its newest `checkpoint-N` half written, and transformers'
+    `get_last_checkpoint` would still pick it (resuming then fails with "Can't find a valid
+    checkpoint", or worse, silently starts a fresh optimizer). Trainer._save_checkpoint writes the
+    weights, then optimizer.pt and scheduler.pt (and scaler, RNG states), and trainer_state.json
+    LAST, not atomically; resuming needs the weights (`_load_from_checkpoint`), trainer_state.json
+    (the step, the log history), the optimizer and the scheduler (a fresh scheduler restarts the
+    learning-rate schedule). So a checkpoint is complete when trainer_state.json parses and the
+    weights, optimizer and scheduler files are there (DeepSpeed keeps the latter inside its
+    global_step* folder, FSDP may shard them into folders). Incomplete ones are skipped, with a
+    warning; `train` moves them aside. A save_only_model checkpoint has no optimizer: it is not
+    resumable either."""
+    for path in _checkpoints(out_dir):
+        gaps = checkpoint_gaps(path)
+        if not gaps:
+            return str(path)
+        log.warning("%s is incomplete (no %s; a run stopped while saving it?): not resumed", path,
+                    ", ".join(gaps))
+    return None
+
+
+def set_aside_incomplete_checkpoints(out_dir: str | Path) -> list[Path]:
+    """Rename every incomplete checkpoint-N in `out_dir` to incomplete-checkpoint-N (replacing an
+    older one of that name), so that neither the Trainer's next save into checkpoint-N mixes with
+    its stale files nor a later launch picks it; return the new paths. Its weights stay readable."""
+    moved = []
+    for path in _checkpoints(out_dir):
+        gaps = checkpoint_gaps(path)
+        if gaps:
+            target = path.with_name(INCOMPLETE_PREFIX + path.name)
+            shutil.rmtree(target, ignore_errors=True)
+            path.rename(target)
+            log.warning("%s lacks %s: moved aside to %s", path, ", ".join(gaps), target)
+            moved.append(target)
+    return moved
+
+
 def train(script: SftScriptArguments, training: SFTConfig, model_cfg: ModelConfig,
           trainer: SFTTrainer | None = None, restart_if_changed: bool = False) -> Path:
-    """Fine-tune (resuming from the last checkpoint in output_dir when it has the same settings;
-    with other settings refusing, or starting over with `restart_if_changed`), then save the adapter
-    (or model) with its processor and a model card; return the folder."""
+    """Fine-tune (resuming from the last complete checkpoint in output_dir when it has the same
+    settings and rows; with other settings refusing, or starting over with `restart_if_changed`),
+    then save the adapter (or model) with its processor and a model card; return the folder."""
     out = Path(training.output_dir)
     if training.process_index == 0:
         claim_output_dir(out, training_fingerprint(script, training, model_cfg), restart_if_changed)
+        set_aside_incomplete_checkpoints(out)
     trainer = trainer or build_trainer(script, training, model_cfg)
-    last = get_last_checkpoint(str(out)) if out.is_dir() else None
+    last = last_complete_checkpoint(out)  # the same on every process, whether or not rank 0 moved any yet
     if last:
         log.info("resuming from %s", last)
     start = time.perf_counter()

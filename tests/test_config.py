@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from msr.config import ConfigError, config_hash, parse_config
+from msr.config import ConfigError, parse_config
 
 
 @dataclass
@@ -63,8 +63,3 @@ def test_validate_runs_and_yaml_is_safe_loaded(tmp_path: Path) -> None:
         parse_config(Example, ["--run_dir", "x", "--k", "-1"])
     with pytest.raises(yaml.YAMLError):
         parse_config(Example, ["--config", _yaml(tmp_path, "run_dir: !!python/object/apply:os.system ['true']\n")])
-
-
-def test_config_hash_ignores_excluded_fields() -> None:
-    assert config_hash(Example("a"), exclude=("run_dir",)) == config_hash(Example("b"), exclude=("run_dir",))
-    assert config_hash(Example("a")) != config_hash(Example("a", k=6))

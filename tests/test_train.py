@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 import torch
 from peft import PeftModel
+from transformers import TrainerCallback
 from trl import ModelConfig, SFTConfig
 
 from msr.data.sft import SftDataConfig, write_sft_rows
 from msr.models import load_model
-from msr.train import FINGERPRINT_FILE, SftScriptArguments, build_trainer, train
+from msr.train import (
+    FINGERPRINT_FILE,
+    NOT_LEARNING_SCRIPT,
+    NOT_LEARNING_TRAINING,
+    SftScriptArguments,
+    build_trainer,
+    checkpoint_gaps,
+    last_complete_checkpoint,
+    train,
+    training_fingerprint,
+)
 
 # losses logged at steps 1..6 of the pinned run below (tiny LLaVA, seed 0, fp32, CPU)
 PINNED_LOSSES: list[float] = [6.3793, 6.2992, 6.1901, 6.1016, 5.9983, 5.9701]
@@ -114,3 +126,151 @@ def test_a_checkpoint_of_other_settings_is_never_resumed(sft_run: dict, tmp_path
         train(script, training, model_cfg)
     train(script, training, model_cfg, restart_if_changed=True)  # the quickstart's way: start over
     assert json.loads((out / FINGERPRINT_FILE).read_text())["training"]["learning_rate"] == 1e-3
+
+
+def test_every_learning_setting_and_the_rows_decide_a_resume(sft_run: dict, tmp_path: Path) -> None:
+    out = tmp_path / "adapter"
+    saving = dict(max_steps=2, save_strategy="steps", save_steps=1)
+    script, training, model_cfg = _args(sft_run, out, **saving)
+    trainer = build_trainer(script, training, model_cfg)
+    # TRL fills in some args of its own (here for a VLM): on the trainer's copy, not the recipe's config
+    assert trainer.args.ddp_find_unused_parameters is True and training.ddp_find_unused_parameters is None
+    trainer.add_callback(_Recorder(kill_after_saving=1))
+    with pytest.raises(_Killed):
+        train(script, training, model_cfg, trainer)
+    assert last_complete_checkpoint(out) == str(out / "checkpoint-1")
+    # settings the old hand-picked list missed: each refuses the resume, naming itself
+    for name, value in (("max_grad_norm", 0.5), ("adam_beta2", 0.99), ("label_smoothing_factor", 0.1)):
+        with pytest.raises(ValueError, match=rf"other settings \(changed: training\.{name}\)"):
+            train(*_args(sft_run, out, **saving, **{name: value}))
+    # so does a changed row file, though every setting is the same
+    row_file = sft_run["run"] / "sft" / "train" / "state.json"
+    original = row_file.read_bytes()
+    row_file.write_bytes(original + b"\n")
+    with pytest.raises(ValueError, match=r"other settings \(changed: rows\.train\)"):
+        train(*_args(sft_run, out, **saving))
+    row_file.write_bytes(original)
+    # logging and saving cadence do not: the run resumes its checkpoint and makes the step left
+    script, training, model_cfg = _args(sft_run, out, **{**saving, "save_steps": 5, "logging_steps": 2})
+    trainer = build_trainer(script, training, model_cfg)
+    recorder = _Recorder()
+    trainer.add_callback(recorder)
+    train(script, training, model_cfg, trainer)
+    assert recorder.begin == 1 and recorder.steps == [2]
+    assert [e["step"] for e in trainer.state.log_history if "loss" in e] == [1, 2]  # step 1: the checkpoint's log
+
+
+def test_cadence_and_eval_only_settings_stay_out_of_the_fingerprint(sft_run: dict, tmp_path: Path) -> None:
+    out = tmp_path / "adapter"
+    script, training, model_cfg = _args(sft_run, out)
+    base = training_fingerprint(script, training, model_cfg)
+    assert json.loads(json.dumps(base)) == base and base["training"]["lr_scheduler_type"] == "linear"  # enum values
+    assert base["rows"]["eval"] is None and len(base["rows"]["train"]) == 24
+    assert "hub_token" not in base["training"] and "output_dir" not in base["training"]
+    for overrides in ({"report_to": "tensorboard"}, {"logging_steps": 7, "logging_strategy": "epoch"},
+                      {"save_steps": 3, "save_total_limit": 1}, {"eval_steps": 3, "per_device_eval_batch_size": 2},
+                      {"dataloader_num_workers": 2, "dataloader_pin_memory": True}, {"output_dir": str(tmp_path / "x")},
+                      {"run_name": "another"}, {"disable_tqdm": True}):
+        assert training_fingerprint(*_args(sft_run, out, **overrides)) == base, overrides
+    # paths are normalised to strings
+    assert training_fingerprint(dataclasses.replace(script, run_dir=Path(script.run_dir)), training, model_cfg) == base
+    # a model setting counts, and so does any SFTConfig field not named as cadence
+    assert training_fingerprint(*_args(sft_run, out, lora_r=4))["model"]["lora_r"] == 4
+    for name, value in (("loss_type", "dft"), ("neftune_noise_alpha", 5.0), ("lr_scheduler_kwargs", {"x": 1})):
+        assert training_fingerprint(*_args(sft_run, out, **{name: value}))["training"][name] == value
+
+    # evaluation: which split and how many rows are eval-only settings, but the eval rows' content counts
+    with_eval = dataclasses.replace(script, eval_split="valid")
+    evaluated = training_fingerprint(with_eval, training, model_cfg)
+    assert evaluated["script"] == base["script"] and evaluated["rows"]["eval"] is not None
+    assert training_fingerprint(dataclasses.replace(with_eval, max_eval_rows=3), training, model_cfg) == evaluated
+    (sft_run["run"] / "sft" / "valid" / "state.json").write_text("{}")
+    assert training_fingerprint(with_eval, training, model_cfg)["rows"]["eval"] != evaluated["rows"]["eval"]
+    # with load_best_model_at_end the evaluation and saving cadence pick the final weights: they count
+    best = dict(load_best_model_at_end=True, eval_strategy="steps", save_strategy="steps", eval_steps=2, save_steps=2)
+    picked = training_fingerprint(*_args(sft_run, out, **best))
+    assert picked["training"]["eval_steps"] == 2 and picked["training"]["save_steps"] == 2
+    assert training_fingerprint(*_args(sft_run, out, **{**best, "eval_steps": 4, "save_steps": 4})) != picked
+
+
+def test_cadence_field_names_are_real_fields() -> None:
+    """A misspelt or removed name would silently count (or stop excluding) a field."""
+    fields = {f.name for f in dataclasses.fields(SFTConfig)}
+    assert {n for names in NOT_LEARNING_TRAINING.values() for n in names} <= fields
+    script_fields = {f.name for f in dataclasses.fields(SftScriptArguments)}
+    assert {n for names in NOT_LEARNING_SCRIPT.values() for n in names} <= script_fields
+
+
+class _Killed(Exception):
+    pass
+
+
+class _Recorder(TrainerCallback):
+    """The step training starts from, the steps it runs and their losses; optionally dies after a save."""
+
+    def __init__(self, kill_after_saving: int | None = None):
+        self.kill_after_saving, self.begin, self.steps, self.losses = kill_after_saving, None, [], {}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.begin = state.global_step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps.append(state.global_step)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.losses[state.global_step] = logs["loss"]
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == self.kill_after_saving:
+            raise _Killed
+
+
+def test_resumes_from_the_last_complete_checkpoint(sft_run: dict, tmp_path: Path) -> None:
+    out = tmp_path / "adapter"
+    script, training, model_cfg = _args(sft_run, out, max_steps=3, save_strategy="steps", save_steps=1)
+    trainer = build_trainer(script, training, model_cfg)
+    first = _Recorder(kill_after_saving=2)
+    trainer.add_callback(first)
+    with pytest.raises(_Killed):
+        train(script, training, model_cfg, trainer)
+    assert first.steps == [1, 2] and last_complete_checkpoint(out) == str(out / "checkpoint-2")
+    (out / "checkpoint-2" / "trainer_state.json").unlink()  # killed while saving step 2: state comes last
+    assert last_complete_checkpoint(out) == str(out / "checkpoint-1")
+
+    trainer = build_trainer(script, training, model_cfg)
+    again = _Recorder()
+    trainer.add_callback(again)
+    train(script, training, model_cfg, trainer)
+    assert again.begin == 1 and again.steps == [2, 3] and trainer.state.global_step == 3  # 1 -> 3, not 0 -> 3
+    assert again.losses[2] == pytest.approx(first.losses[2], abs=1e-4)  # the very step the killed run made
+    assert (out / "incomplete-checkpoint-2").is_dir()  # set aside, not mixed into the new checkpoint-2
+    assert not checkpoint_gaps(out / "checkpoint-2") and last_complete_checkpoint(out) == str(out / "checkpoint-3")
+
+
+def test_what_makes_a_checkpoint_complete(tmp_path: Path) -> None:
+    def checkpoint(step: int, *, skip: str = "", state: str = '{"global_step": 1}', weights="model.safetensors"):
+        path = tmp_path / f"checkpoint-{step}"
+        path.mkdir()
+        for name in (weights, "optimizer.pt", "scheduler.pt", "rng_state.pth"):
+            if name != skip:
+                (path / name).write_bytes(b"x")
+        if skip != "trainer_state.json":
+            (path / "trainer_state.json").write_text(state)
+        return path
+
+    assert last_complete_checkpoint(tmp_path) is None and last_complete_checkpoint(tmp_path / "none") is None
+    checkpoint(1, weights="adapter_model.safetensors")
+    assert checkpoint_gaps(tmp_path / "checkpoint-1") == []
+    checkpoint(2)
+    checkpoint(10, skip="optimizer.pt")
+    checkpoint(11, skip="scheduler.pt")
+    checkpoint(12, skip="model.safetensors")
+    checkpoint(13, state='{"global_step": 1')  # truncated while written
+    checkpoint(14, skip="trainer_state.json")
+    assert checkpoint_gaps(tmp_path / "checkpoint-10") == ["optimizer.pt"]
+    assert checkpoint_gaps(tmp_path / "checkpoint-12") == ["model or adapter weights"]
+    assert checkpoint_gaps(tmp_path / "checkpoint-13") == ["a readable trainer_state.json"]
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")  # by step number, not name
+    (tmp_path / "checkpoint-2" / "rng_state.pth").unlink()  # optional: resuming without it only warns
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
