@@ -11,6 +11,7 @@ it): resuming another configuration's checkpoint would silently train, or skip, 
 from __future__ import annotations
 
 import copy
+import contextlib
 import dataclasses
 import json
 import logging
@@ -345,9 +346,16 @@ def train(script: SftScriptArguments, training: SFTConfig, model_cfg: ModelConfi
     settings and rows; with other settings refusing, or starting over with `restart_if_changed`),
     then save the adapter (or model) with its processor and a model card; return the folder."""
     out = Path(training.output_dir)
-    if training.process_index == 0:
-        claim_output_dir(out, training_fingerprint(script, training, model_cfg), restart_if_changed)
-        set_aside_incomplete_checkpoints(out)
+    with contextlib.ExitStack() as held:
+        if training.process_index == 0:  # one training run per output folder: a second launch fails at once
+            held.enter_context(RunDir(script.run_dir).lock(f"train {out.resolve()}"))
+            claim_output_dir(out, training_fingerprint(script, training, model_cfg), restart_if_changed)
+            set_aside_incomplete_checkpoints(out)
+        return _train(out, script, training, model_cfg, trainer)
+
+
+def _train(out: Path, script: SftScriptArguments, training: SFTConfig, model_cfg: ModelConfig,
+           trainer: SFTTrainer | None) -> Path:
     trainer = trainer or build_trainer(script, training, model_cfg)
     last = last_complete_checkpoint(out)  # the same on every process, whether or not rank 0 moved any yet
     if last:

@@ -274,3 +274,14 @@ def test_what_makes_a_checkpoint_complete(tmp_path: Path) -> None:
     assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")  # by step number, not name
     (tmp_path / "checkpoint-2" / "rng_state.pth").unlink()  # optional: resuming without it only warns
     assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
+
+
+def test_a_second_training_run_into_the_same_folder_is_refused(sft_run: dict, tmp_path: Path) -> None:
+    from msr.rundir import RunDir, StageBusyError
+
+    out = tmp_path / "adapter"
+    script, training, model_cfg = _args(sft_run, out, max_steps=1)
+    with RunDir(script.run_dir).lock(f"train {out.resolve()}"):  # as the first run holds it
+        with pytest.raises(StageBusyError, match="another process|pid"):
+            train(script, training, model_cfg)
+    train(script, training, model_cfg)

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from msr import schema
 from msr.prompts import Prompt, load_prompt
+from msr.provenance import one_writer
 from msr.rundir import JsonlLog, RunDir, digest, file_sha256, write_parquet
 from msr.summarize.backends import Backend, GenerationSettings, Request
 from msr.summarize.config import SummarizeConfig, make_backend
@@ -85,6 +86,7 @@ def load_item_summaries(run: RunDir, cfg: SummarizeConfig) -> dict[str, dict]:
     return {item: cache.get(key) for item, key in keys.items()}
 
 
+@one_writer("summarize.items")
 def summarize_items(cfg: SummarizeConfig, backend: Backend | None = None) -> dict:
     """Summarize every item of the run that has no cached summary; return counts."""
     cfg.validate()

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from msr import schema
 from msr.prompts import load_prompt
-from msr.provenance import Stage
+from msr.provenance import Stage, one_writer
 from msr.rundir import JsonlLog, RunDir, digest, write_parquet
 from msr.summarize.backends import Backend, Request
 from msr.summarize.config import SummarizeConfig, make_backend
@@ -92,6 +92,7 @@ def history_cutoffs(run: RunDir) -> tuple[dict[str, list[str]], dict[str, list[i
     return sequences, cutoffs
 
 
+@one_writer("summarize.users")
 def summarize_users(cfg: SummarizeConfig, backend: Backend | None = None) -> dict:
     """Compute every missing state, then write the summary of every example's history."""
     cfg.validate()
