@@ -161,7 +161,7 @@ def test_template_brings_its_own_bos(family: str):
 
 def test_unknown_family_is_rejected(tmp_path: Path):
     with pytest.raises(ValueError, match="family"):
-        train_tokenizer(TEXTS, "qwen2_vl")
+        train_tokenizer(TEXTS, "gemma3")
     with pytest.raises(ValueError, match="family"):
         build_tiny_vlm(tmp_path, "text")
 
