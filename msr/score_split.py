@@ -13,7 +13,6 @@ import dataclasses
 import logging
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
@@ -23,7 +22,7 @@ from tqdm.auto import tqdm
 from msr import schema
 from msr.data.sft import STAGE as SFT_STAGE
 from msr.data.sft import CandidatePrompts, SftDataConfig, candidates, question_inputs
-from msr.models import load_model, resolve_device
+from msr.models import load_model, model_identity, resolve_device
 from msr.provenance import Stage, one_writer, require_current
 from msr.rundir import JsonlLog, RunDir, write_parquet
 from msr.score import Scorer
@@ -67,18 +66,16 @@ def _prompt_settings(run: RunDir) -> SftDataConfig:
 
 def score_stage(run: RunDir, cfg: ScoreConfig, settings: SftDataConfig) -> Stage:
     """What the scores depend on: the question's inputs (tables, summaries, prompts, images, by content), the
-    model and adapter folders (by content), and the prompt and precision settings. Resumed records are reused
-    only under the same fingerprint, so a retrained adapter or a regenerated summary is scored afresh."""
-    inputs = question_inputs(run, settings)
-    for name, folder in (("model", cfg.model), ("adapter", cfg.adapter)):
-        if folder and Path(folder).is_dir():
-            inputs[name] = Path(folder)
+    model's and adapter's identity (config, tokenizer and weight files by content: not the model card that
+    `msr evaluate --model_card` edits, nor checkpoints), and the prompt and precision settings. Resumed
+    records are reused only under the same fingerprint, so a retrained adapter or a regenerated summary is
+    scored afresh."""
     # which examples are scored (split, max_examples) is not here: records are per example, so a longer run
     # resumes a shorter one
-    config = {"model": cfg.model, "adapter": cfg.adapter, "dtype": cfg.dtype, "load_in_4bit": cfg.load_in_4bit, "max_pixels": cfg.max_pixels,
-              "prompt_settings": dataclasses.asdict(settings)}
-    return Stage(run, f"score.{cfg.output}", config, inputs, outputs=[cfg.output])
-
+    config = {"model": cfg.model, "adapter": cfg.adapter, "dtype": cfg.dtype, "load_in_4bit": cfg.load_in_4bit,
+              "max_pixels": cfg.max_pixels, "prompt_settings": dataclasses.asdict(settings)}
+    values = {"model": model_identity(cfg.model), "adapter": model_identity(cfg.adapter) if cfg.adapter else None}
+    return Stage(run, f"score.{cfg.output}", config, question_inputs(run, settings), values, outputs=[cfg.output])
 
 
 @one_writer(lambda cfg: f"score.{cfg.output}.{os.environ.get('RANK', '0')}")  # one lock per process rank

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -33,7 +34,8 @@ def test_bad_key_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture)
 
 
 @pytest.mark.slow
-def test_quickstart_runs_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_quickstart_runs_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                     caplog: pytest.LogCaptureFixture) -> None:
     run = tmp_path / "qs"
     args = ["quickstart", "--run_dir", str(run), "--num_users", "60", "--num_items", "60", "--epochs", "2"]
     assert main(args) == 0
@@ -50,9 +52,14 @@ def test_quickstart_runs_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "## Evaluation: test split" in card and "| graph |" in card
     stamps = {name: (run / name).stat().st_mtime_ns for name in (
         "models/vlm/config.json", "sft_model/model.safetensors", "graph/model.safetensors")}
-    assert main(args) == 0
+    with caplog.at_level(logging.INFO):
+        assert main(args) == 0
     assert {name: (run / name).stat().st_mtime_ns for name in stamps} == stamps
-    assert "| graph |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| graph |" in printed
+    # everything current: no model is loaded and checking costs well under 5 s of pipeline time
+    assert not [r for r in caplog.records if r.name == "msr.models" and "loaded" in r.getMessage()]
+    assert float(re.search(r"msr quickstart: done in ([0-9.]+)s", printed).group(1)) < 5
     # other training settings retrain from scratch instead of resuming the old checkpoint
     weights = (run / "sft_model" / "model.safetensors").read_bytes()
     assert main([*args[:-1], "1"]) == 0

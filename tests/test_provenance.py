@@ -232,3 +232,58 @@ def test_a_second_writer_of_a_stage_is_refused_at_once(tiny_run: dict, capsys: p
                      "--items", str(raw / TITLES_FILE)]) == 2
         assert "msr: error:" in capsys.readouterr().err
     _prepare(tiny_run)  # released: the stage runs
+
+
+# --- the change matrix: each change re-runs the stages that read it, and their downstream, nothing else
+
+
+def test_change_matrix(tiny_run: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    import msr.score_split as score_module
+    from msr.prompts import PROMPT_DIR
+    from msr.summarize.config import SummarizeConfig
+    from msr.summarize.items import summarize_items
+    from msr.summarize.users import summarize_users
+
+    run = Path(tiny_run["run"])
+    prompts = tmp_path / "prompts"
+    shutil.copytree(PROMPT_DIR, prompts, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    loads = []
+    real_load = score_module.load_model
+    monkeypatch.setattr(score_module, "load_model", lambda *a, **k: loads.append(a[0]) or real_load(*a, **k))
+    summarize = SummarizeConfig(run_dir=str(run), item_model=tiny_run["vlm"], user_model=tiny_run["lm"],
+                                max_new_tokens=4, batch_size=32, prompt_dir=str(prompts))
+    sft = SftDataConfig(run_dir=str(run), history_titles=2, splits=["train"], prompt_dir=str(prompts))
+    score = ScoreConfig(run_dir=str(run), model=tiny_run["vlm"], device="cpu", dtype="float32", max_examples=2)
+
+    def pipeline() -> set[str]:
+        """Run every stage; return those that did work."""
+        stamps = {name: (run / name).stat().st_mtime_ns if (run / name).exists() else None
+                  for name in (schema.EXAMPLES_FILE, "sft/train")}
+        scored = len(loads)
+        ran = set()
+        _prepare(tiny_run)
+        ran |= {"items"} if summarize_items(summarize)["generated"] else set()
+        ran |= {"users"} if summarize_users(summarize)["generated"] else set()
+        write_sft_rows(sft)
+        score_split(score)
+        ran |= {"prepare"} if (run / schema.EXAMPLES_FILE).stat().st_mtime_ns != stamps[schema.EXAMPLES_FILE] else set()
+        ran |= {"sft"} if (run / "sft/train").stat().st_mtime_ns != stamps["sft/train"] else set()
+        ran |= {"score"} if len(loads) > scored else set()
+        return ran
+
+    everything = {"items", "users", "sft", "score"}  # prepare ran in the fixture already
+    assert pipeline() == everything
+    assert pipeline() == set()  # nothing changed: no stage works, no model loads
+    (prompts / "recommend_candidate.txt").write_text("Candidate: {candidate}\nWill the user engage? Yes or No.")
+    assert pipeline() == {"sft", "score"}
+    (prompts / "user_summary_update.txt").write_text(
+        (PROMPT_DIR / "user_summary_update.txt").read_text() + "\nBe brief.")
+    assert pipeline() == {"users", "sft", "score"}
+    (prompts / "item_summary.txt").write_text((PROMPT_DIR / "item_summary.txt").read_text() + "\nBe brief.")
+    assert pipeline() == {"items", "users", "sft", "score"}  # user states read the item summaries
+    sft = dataclasses.replace(sft, history_titles=3)
+    assert pipeline() == {"sft", "score"}
+    score = dataclasses.replace(score, dtype="float32", max_pixels=None, load_in_4bit=False, adapter=None)
+    assert pipeline() == set()
