@@ -287,3 +287,42 @@ def test_change_matrix(tiny_run: dict, tmp_path: Path, monkeypatch: pytest.Monke
     assert pipeline() == {"sft", "score"}
     score = dataclasses.replace(score, dtype="float32", max_pixels=None, load_in_4bit=False, adapter=None)
     assert pipeline() == set()
+
+
+@pytest.mark.parametrize("killed_at", ["interactions.parquet", "examples.parquet", "data_stats.json"])
+def test_a_prepare_killed_between_its_writes(tiny_run: dict, monkeypatch: pytest.MonkeyPatch, killed_at: str) -> None:
+    """Outputs are renamed into place one by one; a kill between them leaves tables of two configs. The older
+    run's record holds only while every output is byte-identical to what it recorded (items and interactions do
+    not depend on the seed; the examples' negatives do), and the new config is never current."""
+    import msr.data.prepare as prepare_module
+
+    raw = Path(tiny_run["raw"])
+    cfg = PrepareConfig(run_dir=str(tiny_run["run"]), interactions=str(raw / PAIRS_FILE),
+                        items=str(raw / TITLES_FILE), image_dir=str(raw / COVERS_DIR), train_targets_per_user=2,
+                        negatives_test=5)
+    prepare(cfg)
+    real = {"write_parquet": prepare_module.write_parquet, "write_json": prepare_module.write_json}
+
+    def killing(name):
+        def write(path, data):
+            if Path(path).name == killed_at:
+                raise KeyboardInterrupt("killed")
+            real[name](path, data)
+        return write
+
+    for name in real:
+        monkeypatch.setattr(prepare_module, name, killing(name))
+    other = dataclasses.replace(cfg, seed=9)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(other)
+    for name, function in real.items():
+        monkeypatch.setattr(prepare_module, name, function)
+    run = RunDir(cfg.run_dir)
+    old = prepare_module.prepare_stage(run, cfg).status()
+    if killed_at == "data_stats.json":  # the new examples are in place: the old record no longer holds
+        assert "output examples.parquet changed since" in str(old)
+    else:
+        assert old.current
+    assert not prepare_module.prepare_stage(run, other).status().current
+    prepare(other)
+    assert prepare_module.prepare_stage(run, other).status().current
