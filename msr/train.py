@@ -16,7 +16,6 @@ import dataclasses
 import json
 import logging
 import os
-import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -24,32 +23,17 @@ from enum import Enum
 from pathlib import Path
 
 from peft import LoraConfig
-from transformers.trainer import (
-    FSDP_MODEL_NAME,
-    OPTIMIZER_NAME,
-    OPTIMIZER_NAME_BIN,
-    SCHEDULER_NAME,
-    TRAINER_STATE_NAME,
-)
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
-from transformers.utils import (
-    ADAPTER_SAFE_WEIGHTS_NAME,
-    ADAPTER_WEIGHTS_NAME,
-    SAFE_WEIGHTS_INDEX_NAME,
-    SAFE_WEIGHTS_NAME,
-    WEIGHTS_INDEX_NAME,
-    WEIGHTS_NAME,
-)
+from transformers.trainer_utils import get_last_checkpoint
 from trl import ModelConfig, SFTConfig, SFTTrainer
 
 from msr import __version__, schema
+from msr.checkpoints import last_complete_checkpoint, set_aside_incomplete_checkpoints
 from msr.data.sft import load_sft_split
 from msr.models import load_model, lora_target_regex, model_identity
 from msr.rundir import RunDir, digest, file_sha256
 
 log = logging.getLogger(__name__)
 FINGERPRINT_FILE = "msr_training.json"
-INCOMPLETE_PREFIX = "incomplete-"  # an incomplete checkpoint-N is moved aside to incomplete-checkpoint-N
 
 # The training fingerprint holds EVERY field of SFTConfig, ModelConfig and SftScriptArguments except
 # these, which only decide when things are logged, saved or evaluated, where results go and how
@@ -256,88 +240,6 @@ def claim_output_dir(out: Path, fingerprint: dict, restart: bool = False) -> Non
                          "output_dir")
     out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(fingerprint, indent=2, sort_keys=True), encoding="utf-8")
-
-
-_CHECKPOINT = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")  # as transformers' get_last_checkpoint
-_WEIGHTS = {SAFE_WEIGHTS_NAME, WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_INDEX_NAME,
-            ADAPTER_SAFE_WEIGHTS_NAME, ADAPTER_WEIGHTS_NAME}
-
-
-def _readable_state(path: Path) -> bool:
-    try:
-        state = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):  # missing, or truncated (the Trainer does not write it atomically)
-        return False
-    return isinstance(state, dict) and isinstance(state.get("global_step"), int)
-
-
-def checkpoint_gaps(path: str | Path) -> list[str]:
-    """What a checkpoint folder lacks for resuming (empty: it is complete). See last_complete_checkpoint."""
-    path = Path(path)
-    try:
-        names = set(os.listdir(path))
-    except OSError:
-        return ["the folder itself"]
-    folders = {n for n in names if (path / n).is_dir()}
-    deepspeed = any(n.startswith("global_step") for n in folders)  # DeepSpeed keeps its states there
-    gaps = [] if _readable_state(path / TRAINER_STATE_NAME) else [f"a readable {TRAINER_STATE_NAME}"]
-    adapters = any((path / n / w).is_file() for n in folders for w in (ADAPTER_SAFE_WEIGHTS_NAME, ADAPTER_WEIGHTS_NAME))
-    if not (names & _WEIGHTS or adapters or deepspeed or any(FSDP_MODEL_NAME in n for n in names)):
-        gaps.append("model or adapter weights")
-    if not ({OPTIMIZER_NAME, OPTIMIZER_NAME_BIN} & names or deepspeed
-            or any(OPTIMIZER_NAME_BIN.split(".")[0] in n for n in folders)):  # FSDP's sharded optimizer_0
-        gaps.append(OPTIMIZER_NAME)
-    if SCHEDULER_NAME not in names and not deepspeed:
-        gaps.append(SCHEDULER_NAME)
-    return gaps
-
-
-def _checkpoints(out_dir: str | Path) -> list[Path]:
-    """The checkpoint-N folders in `out_dir`, newest (highest N) first."""
-    out = Path(out_dir)
-    if not out.is_dir():
-        return []
-    found = [(int(m.group(1)), out / n) for n in os.listdir(out) if (m := _CHECKPOINT.match(n)) and (out / n).is_dir()]
-    return [path for _, path in sorted(found, reverse=True)]
-
-
-def last_complete_checkpoint(out_dir: str | Path) -> str | None:
-    """The newest checkpoint in `out_dir` that can be resumed, or None.
-
-    A run killed while saving leaves its newest `checkpoint-N` half written, and transformers'
-    `get_last_checkpoint` would still pick it (resuming then fails with "Can't find a valid
-    checkpoint", or worse, silently starts a fresh optimizer). Trainer._save_checkpoint writes the
-    weights, then optimizer.pt and scheduler.pt (and scaler, RNG states), and trainer_state.json
-    LAST, not atomically; resuming needs the weights (`_load_from_checkpoint`), trainer_state.json
-    (the step, the log history), the optimizer and the scheduler (a fresh scheduler restarts the
-    learning-rate schedule). So a checkpoint is complete when trainer_state.json parses and the
-    weights, optimizer and scheduler files are there (DeepSpeed keeps the latter inside its
-    global_step* folder, FSDP may shard them into folders). Incomplete ones are skipped, with a
-    warning; `train` moves them aside. A save_only_model checkpoint has no optimizer: it is not
-    resumable either."""
-    for path in _checkpoints(out_dir):
-        gaps = checkpoint_gaps(path)
-        if not gaps:
-            return str(path)
-        log.warning("%s is incomplete (no %s; a run stopped while saving it?): not resumed", path,
-                    ", ".join(gaps))
-    return None
-
-
-def set_aside_incomplete_checkpoints(out_dir: str | Path) -> list[Path]:
-    """Rename every incomplete checkpoint-N in `out_dir` to incomplete-checkpoint-N (replacing an
-    older one of that name), so that neither the Trainer's next save into checkpoint-N mixes with
-    its stale files nor a later launch picks it; return the new paths. Its weights stay readable."""
-    moved = []
-    for path in _checkpoints(out_dir):
-        gaps = checkpoint_gaps(path)
-        if gaps:
-            target = path.with_name(INCOMPLETE_PREFIX + path.name)
-            shutil.rmtree(target, ignore_errors=True)
-            path.rename(target)
-            log.warning("%s lacks %s: moved aside to %s", path, ", ".join(gaps), target)
-            moved.append(target)
-    return moved
 
 
 def train(script: SftScriptArguments, training: SFTConfig, model_cfg: ModelConfig,

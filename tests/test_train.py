@@ -14,14 +14,13 @@ from trl import ModelConfig, SFTConfig
 
 from msr.data.sft import SftDataConfig, write_sft_rows
 from msr.models import load_model
+from msr.checkpoints import checkpoint_gaps, last_complete_checkpoint
 from msr.train import (
     FINGERPRINT_FILE,
     NOT_LEARNING_SCRIPT,
     NOT_LEARNING_TRAINING,
     SftScriptArguments,
     build_trainer,
-    checkpoint_gaps,
-    last_complete_checkpoint,
     train,
     training_fingerprint,
 )

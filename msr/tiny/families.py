@@ -151,15 +151,18 @@ def _qwen_image_processor(family: str, patch: int) -> Qwen2VLImageProcessor:
                                  size={"shortest_edge": unit * unit, "longest_edge": QWEN_MAX_PIXELS[family]})
 
 
+def _qwen_processor(cls: type, video_cls: type, family: str, patch: int,
+                    tokenizer: PreTrainedTokenizerFast) -> ProcessorMixin:
+    return cls(image_processor=_qwen_image_processor(family, patch), tokenizer=tokenizer,
+               video_processor=video_cls(patch_size=patch, merge_size=_MERGE, temporal_patch_size=2),
+               chat_template=tokenizer.chat_template)
+
+
 def _qwen2_vl(tokenizer: PreTrainedTokenizerFast, shape: TextShape) -> tuple[PreTrainedConfig, ProcessorMixin]:
     vision = {"depth": 2, "embed_dim": 32, "hidden_size": shape.hidden_size, "mlp_ratio": 2, "num_heads": 4,
               "patch_size": PATCH_SIZE, "spatial_merge_size": _MERGE, "temporal_patch_size": 2}
     config = Qwen2VLConfig(text_config=_qwen_text(tokenizer, shape), vision_config=vision, **_qwen_ids(tokenizer))
-    processor = Qwen2VLProcessor(
-        image_processor=_qwen_image_processor("qwen2_vl", PATCH_SIZE), tokenizer=tokenizer,
-        video_processor=Qwen2VLVideoProcessor(patch_size=PATCH_SIZE, merge_size=_MERGE, temporal_patch_size=2),
-        chat_template=tokenizer.chat_template)
-    return config, processor
+    return config, _qwen_processor(Qwen2VLProcessor, Qwen2VLVideoProcessor, "qwen2_vl", PATCH_SIZE, tokenizer)
 
 
 def _qwen2_5_vl(tokenizer: PreTrainedTokenizerFast, shape: TextShape) -> tuple[PreTrainedConfig, ProcessorMixin]:
@@ -167,11 +170,7 @@ def _qwen2_5_vl(tokenizer: PreTrainedTokenizerFast, shape: TextShape) -> tuple[P
               "spatial_merge_size": _MERGE, "temporal_patch_size": 2, "out_hidden_size": shape.hidden_size,
               "window_size": 112, "fullatt_block_indexes": [1]}
     config = Qwen2_5_VLConfig(text_config=_qwen_text(tokenizer, shape), vision_config=vision, **_qwen_ids(tokenizer))
-    processor = Qwen2_5_VLProcessor(
-        image_processor=_qwen_image_processor("qwen2_5_vl", PATCH_SIZE), tokenizer=tokenizer,
-        video_processor=Qwen2VLVideoProcessor(patch_size=PATCH_SIZE, merge_size=_MERGE, temporal_patch_size=2),
-        chat_template=tokenizer.chat_template)
-    return config, processor
+    return config, _qwen_processor(Qwen2_5_VLProcessor, Qwen2VLVideoProcessor, "qwen2_5_vl", PATCH_SIZE, tokenizer)
 
 
 def _qwen3_vl(tokenizer: PreTrainedTokenizerFast, shape: TextShape) -> tuple[PreTrainedConfig, ProcessorMixin]:
@@ -181,11 +180,7 @@ def _qwen3_vl(tokenizer: PreTrainedTokenizerFast, shape: TextShape) -> tuple[Pre
               "num_position_embeddings": 64, "deepstack_visual_indexes": [0]}
     config = Qwen3VLConfig(text_config=_qwen_text(tokenizer, shape, mrope_interleaved=True), vision_config=vision,
                            **_qwen_ids(tokenizer))
-    processor = Qwen3VLProcessor(
-        image_processor=_qwen_image_processor("qwen3_vl", patch), tokenizer=tokenizer,
-        video_processor=Qwen3VLVideoProcessor(patch_size=patch, merge_size=_MERGE, temporal_patch_size=2),
-        chat_template=tokenizer.chat_template)
-    return config, processor
+    return config, _qwen_processor(Qwen3VLProcessor, Qwen3VLVideoProcessor, "qwen3_vl", patch, tokenizer)
 
 
 BUILDERS: dict[str, Callable[[PreTrainedTokenizerFast, TextShape], tuple[PreTrainedConfig, ProcessorMixin]]] = {
