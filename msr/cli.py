@@ -20,6 +20,12 @@ def _data_prepare(argv: Sequence[str]) -> None:
     print(json.dumps(stats, indent=2))
 
 
+def _data_images(argv: Sequence[str]) -> None:
+    from msr.data.download import ImagesConfig, download_images
+
+    print(json.dumps(download_images(parse_config(ImagesConfig, argv, prog="msr data images")), indent=2))
+
+
 def _data_synth(argv: Sequence[str]) -> None:
     from msr.data.synthetic import SynthConfig, generate
 
@@ -94,6 +100,8 @@ def _quickstart(argv: Sequence[str]) -> None:
 COMMANDS: list[tuple[tuple[str, ...], str, Callable[[Sequence[str]], None]]] = [
     (("quickstart",), "every stage on the embedded dataset, offline, on CPU", _quickstart),
     (("data", "synth"), "generate the embedded dataset (MicroLens layout, with ground truth)", _data_synth),
+    (("data", "images"), "download one image per catalog item (Amazon 2018/2023, generic URLs), resumable",
+     _data_images),
     (("data", "prepare"), "raw dataset -> items, interactions, examples (k-core, split, negatives)",
      _data_prepare),
     (("data", "sft"), "examples + summaries -> TRL prompt/completion rows (train with recipes/sft.py)", _data_sft),
