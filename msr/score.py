@@ -128,10 +128,10 @@ class Scorer:
         if length == 0:
             return model(**inputs, logits_to_keep=1).logits[:, -1]
         device, n = ids.device, len(rows)
-        full_positions = self._full_positions(inputs)
-        prefix_positions = torch.arange(length, device=device)[None]
-        if full_positions is not None:  # a text-only prefix: the same plain count on every M-RoPE axis
-            prefix_positions = prefix_positions.expand(len(full_positions), 1, length)
+        full_positions = self._full_positions(inputs)  # (B, L), or (3, B, L) for M-RoPE
+        axes = full_positions.shape[:-2]
+        # the prefix is text only: plain positions 0..length-1, the same on every M-RoPE axis
+        prefix_positions = torch.arange(length, device=device).expand(*axes, 1, length)
         cache = model(input_ids=first[:length][None], attention_mask=torch.ones(1, length, dtype=torch.long,
                       device=device), position_ids=prefix_positions, use_cache=True).cache
         cache.batch_repeat_interleave(n)
@@ -143,28 +143,24 @@ class Scorer:
         suffix_mask = torch.zeros((n, width), dtype=torch.long, device=device)
         per_token = {k: torch.zeros((n, width), dtype=inputs[k].dtype, device=device)
                      for k in _PER_TOKEN if k in inputs}
-        positions = None if full_positions is None else torch.zeros(
-            (len(full_positions), n, width), dtype=full_positions.dtype, device=device)
+        positions = torch.zeros((*axes, n, width), dtype=full_positions.dtype, device=device)
         for r, start in enumerate(starts):
             tail = slice(width - (ids.shape[1] - start), width)
             suffix[r, tail] = ids[r, start:]
             suffix_mask[r, tail] = 1
             for key, values in per_token.items():
                 values[r, tail] = inputs[key][r, start:]
-            if positions is not None:
-                positions[:, r, tail] = full_positions[:, r, start:]
-        if positions is None:
-            positions = length + (suffix_mask.cumsum(1) - 1).clamp(min=0)
+            positions[..., r, tail] = full_positions[..., r, start:]
         extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask", *per_token)}
         attention = torch.cat([torch.ones(n, length, dtype=torch.long, device=device), suffix_mask], 1)
         return model(input_ids=suffix, attention_mask=attention, position_ids=positions, cache=cache,
                      logits_to_keep=1, **per_token, **extra).logits[:, -1]
 
-    def _full_positions(self, inputs: dict) -> torch.Tensor | None:
-        """The full prompts' 3-D positions (3, batch, length) from the model's own rope index (M-RoPE
-        families), or None for families with plain 1-D positions."""
+    def _full_positions(self, inputs: dict) -> torch.Tensor:
+        """The full prompts' positions: from the model's own rope index for M-RoPE families (3, batch,
+        length), else the plain count of each row's real tokens under left padding (batch, length)."""
         if self.rope_index is None:
-            return None
+            return (inputs["attention_mask"].long().cumsum(1) - 1).clamp(min=0)
         positions, _ = self.rope_index.get_rope_index(
             input_ids=inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"],
             image_grid_thw=inputs.get("image_grid_thw"), attention_mask=inputs["attention_mask"])

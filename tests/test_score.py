@@ -84,7 +84,8 @@ def test_mrope_suffix_needs_the_rope_index_positions(tmp_path: Path, family: str
     loaded = load_model(family_models[family], "float32", "cpu")
     messages, images = _mixed_group(tmp_path / "images", n=8)
     exact = Scorer(loaded, prefix_reuse=True, batch_size=8).score(messages, images)
-    monkeypatch.setattr(Scorer, "_full_positions", lambda self, inputs: None)
+    monkeypatch.setattr(Scorer, "_full_positions",  # LLaVA's plain count of tokens, as 1-D positions
+                        lambda self, inputs: (inputs["attention_mask"].long().cumsum(1) - 1).clamp(min=0))
     plain = Scorer(loaded, prefix_reuse=True, batch_size=8).score(messages, images)
     reference = Scorer(loaded, prefix_reuse=False, batch_size=1).score(messages, images)
     assert np.abs(exact - reference).max() < 1e-5
