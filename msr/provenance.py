@@ -12,6 +12,7 @@ re-hashes a file only when its size or modification time changed: a no-op check 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -120,6 +121,12 @@ class Stage:
             "msr_version": __version__,
         }
         write_json(self.run.path(schema.MANIFEST_FILE), manifest)
+
+
+def stage_config(cfg: Any, exclude: tuple[str, ...] = ("run_dir", "force")) -> dict:
+    """A config dataclass as a stage records it: every field but those that only say where the run is or
+    whether to redo it (so a copied or moved run directory keeps its provenance)."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in exclude}
 
 
 def one_writer(stage: str | Callable[[Any], str]) -> Callable:

@@ -7,7 +7,6 @@ after an interruption continues where it stopped.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ from msr.evaluate import REPORT_FILE, EvaluateConfig, evaluate, report
 from msr.graph.config import GraphConfig
 from msr.graph.pipeline import METRICS_FILE as GRAPH_METRICS_FILE
 from msr.graph.pipeline import run_graph
-from msr.provenance import Stage
+from msr.provenance import Stage, stage_config
 from msr.rundir import RunDir
 from msr.score_split import ScoreConfig, score_split
 from msr.summarize.config import SummarizeConfig
@@ -77,7 +76,7 @@ def quickstart(cfg: QuickstartConfig) -> dict:
     for name, family in (("vlm", cfg.family), ("lm", "text")):
         tiny = TinyConfig(out_dir=str(run.path(f"models/{name}")), family=family, run_dir=str(run.root),
                           seed=cfg.seed)
-        stage = Stage(run, f"tiny.{name}", {k: v for k, v in vars(tiny).items() if k != "out_dir"},
+        stage = Stage(run, f"tiny.{name}", stage_config(tiny, ("out_dir", "run_dir")),
                       {"items": run.path(schema.ITEMS_FILE)}, outputs=[f"models/{name}"])
         if not stage.is_current():
             build_from_config(tiny)
@@ -124,8 +123,7 @@ def _train(run: RunDir, cfg: QuickstartConfig, model: str) -> Path:
                          per_device_train_batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
                          logging_steps=25, eval_strategy="epoch", save_strategy="epoch", save_total_limit=1,
                          report_to="none", activation_checkpointing=False, seed=cfg.seed)
-    config = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "run_dir"}
-    stage = Stage(run, "sft.train", config, {"rows": run.path(schema.SFT_DIR), "model": Path(model)},
+    stage = Stage(run, "sft.train", stage_config(cfg), {"rows": run.path(schema.SFT_DIR), "model": Path(model)},
                   outputs=[f"{SFT_MODEL_DIR}/model.safetensors"])
     if not stage.is_current():
         train(script, training, model_cfg, restart_if_changed=True)  # new settings start over

@@ -9,7 +9,6 @@ process merges them.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from msr import schema
 from msr.data.sft import STAGE as SFT_STAGE
 from msr.data.sft import CandidatePrompts, SftDataConfig, candidates, question_inputs
 from msr.models import load_model, model_identity, resolve_device
-from msr.provenance import Stage, one_writer, require_current
+from msr.provenance import Stage, one_writer, require_current, stage_config
 from msr.rundir import JsonlLog, RunDir, write_parquet
 from msr.score import Scorer
 
@@ -73,7 +72,7 @@ def score_stage(run: RunDir, cfg: ScoreConfig, settings: SftDataConfig) -> Stage
     # which examples are scored (split, max_examples) is not here: records are per example, so a longer run
     # resumes a shorter one
     config = {"model": cfg.model, "adapter": cfg.adapter, "dtype": cfg.dtype, "load_in_4bit": cfg.load_in_4bit,
-              "max_pixels": cfg.max_pixels, "prompt_settings": dataclasses.asdict(settings)}
+              "max_pixels": cfg.max_pixels, "prompt_settings": stage_config(settings)}
     values = {"model": model_identity(cfg.model), "adapter": model_identity(cfg.adapter) if cfg.adapter else None}
     return Stage(run, f"score.{cfg.output}", config, question_inputs(run, settings), values, outputs=[cfg.output])
 

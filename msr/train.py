@@ -30,7 +30,7 @@ from msr import __version__, schema
 from msr.checkpoints import last_complete_checkpoint, set_aside_incomplete_checkpoints
 from msr.data.sft import load_sft_split
 from msr.models import load_model, lora_target_regex, model_identity
-from msr.rundir import RunDir, digest, file_sha256
+from msr.rundir import RunDir
 
 log = logging.getLogger(__name__)
 FINGERPRINT_FILE = "msr_training.json"
@@ -191,14 +191,13 @@ def _settings(config, excluded: set[str]) -> dict:
 
 
 def rows_digest(run_dir: str | Path, split: str) -> str:
-    """A digest of the files of one split's rows (`sft/{split}`, as load_sft_split reads them): each
-    file's relative name and sha256, in sorted order. The rows embed their images, so this is the
-    content training reads."""
-    path = RunDir(run_dir).path(f"{schema.SFT_DIR}/{split}")
+    """The content digest of one split's rows (`sft/{split}`, as load_sft_split reads them; the run's
+    cached folder digest). The rows embed their images, so this is the content training reads."""
+    run = RunDir(run_dir)
+    path = run.path(f"{schema.SFT_DIR}/{split}")
     if not path.is_dir():
         raise FileNotFoundError(f"{path} not found: run `msr data sft --run_dir {run_dir}` first")
-    files = sorted((p.relative_to(path).as_posix(), p) for p in path.rglob("*") if p.is_file())
-    return digest([(name, file_sha256(p)) for name, p in files])
+    return run.content_digest(path)
 
 
 def training_fingerprint(script: SftScriptArguments, training: SFTConfig, model_cfg: ModelConfig) -> dict:

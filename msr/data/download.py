@@ -260,8 +260,6 @@ def decode(data: bytes) -> tuple[bytes, str]:
                 out = io.BytesIO()
                 img.convert("RGBA" if "A" in img.getbands() else "RGB").save(out, format="PNG")
                 return out.getvalue(), ".png"
-    except Failure:
-        raise
     except Exception:  # PIL raises many types for non-images, truncation and decompression bombs
         raise Failure("not_an_image") from None
     return data, ext
@@ -329,7 +327,6 @@ def _run(cfg: ImagesConfig) -> dict:
         counts["run_items_not_in_metadata"] = len(wanted) - selected
 
     limiter = RateLimiter(cfg.rps)
-    lock = threading.Lock()
     started = time.monotonic()
     written_bytes = 0
     http = httpx.Client(timeout=httpx.Timeout(cfg.timeout), follow_redirects=False,
@@ -346,9 +343,8 @@ def _run(cfg: ImagesConfig) -> dict:
                 size = future.result()
             except Failure as f:
                 record = {"item": item, "url": url, "reason": f.reason}
-                with lock:
-                    failures[item] = record
-                    reasons[f.reason] += 1
+                failures[item] = record
+                reasons[f.reason] += 1
                 failures_log.append([record])
             else:
                 counts["downloaded"] += 1

@@ -8,7 +8,6 @@ leave-last-out targets -> seeded negatives.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import time
@@ -22,7 +21,7 @@ import pyarrow as pa
 from msr import schema
 from msr.data import images, splits
 from msr.data.loaders import FORMATS, read_dataset
-from msr.provenance import Stage, one_writer
+from msr.provenance import Stage, one_writer, stage_config
 from msr.rundir import RunDir, write_json, write_parquet
 
 log = logging.getLogger(__name__)
@@ -75,7 +74,7 @@ class PrepareConfig:
 
 def prepare_stage(run: RunDir, cfg: PrepareConfig) -> Stage:
     """What the stage reads (the raw files and the image folder, by content) and writes."""
-    config = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("run_dir", "force")}
+    config = stage_config(cfg)
     inputs = {"interactions": cfg.interactions, "items": cfg.items}
     if cfg.image_dir:
         inputs["image_dir"] = cfg.image_dir

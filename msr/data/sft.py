@@ -9,7 +9,6 @@ the cutoff, the candidate's title (and item summary), and the answer "Yes" or "N
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import shutil
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ import pandas as pd
 from msr import schema
 from msr.data.prepare import STAGE as PREPARE_STAGE
 from msr.prompts import Prompt, load_prompt, prompt_path
-from msr.provenance import Stage, one_writer
+from msr.provenance import Stage, one_writer, stage_config
 from msr.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -155,8 +154,7 @@ def question_inputs(run: RunDir, cfg: SftDataConfig) -> dict[str, Path]:
 
 
 def sft_stage(run: RunDir, cfg: SftDataConfig) -> Stage:
-    config = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("run_dir", "force")}
-    return Stage(run, STAGE, config, question_inputs(run, cfg),
+    return Stage(run, STAGE, stage_config(cfg), question_inputs(run, cfg),
                  outputs=[f"{schema.SFT_DIR}/{split}" for split in cfg.splits])
 
 

@@ -13,7 +13,6 @@ graph/model.safetensors, graph/state.json (training record), graph/metrics.json,
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import time
@@ -41,7 +40,7 @@ from msr.graph.encode import embed_texts, encoder_key, resolve_encoder
 from msr.graph.model import MODEL_FILE, STATE_FILE, Pairs, Towers, fit, init_towers
 from msr.graph.ranking import recall_ndcg, target_ranks
 from msr.models import resolve_device
-from msr.provenance import Stage, one_writer
+from msr.provenance import Stage, one_writer, stage_config
 from msr.rundir import RunDir, atomic_path, write_json, write_parquet
 
 log = logging.getLogger(__name__)
@@ -70,8 +69,7 @@ def _tables(cfg: GraphConfig, run: RunDir) -> dict:
 
 def train_stage(cfg: GraphConfig, run: RunDir) -> Stage:
     """What the trained model depends on: settings, encoder weights, input tables (by content)."""
-    config = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_HASHED}
-    return Stage(run, TRAIN_STAGE, config, _tables(cfg, run), {"encoder": encoder_key(resolve_encoder(cfg.encoder))},
+    return Stage(run, TRAIN_STAGE, stage_config(cfg, _NOT_HASHED), _tables(cfg, run), {"encoder": encoder_key(resolve_encoder(cfg.encoder))},
                  outputs=[GRAPH_FILE, f"{GRAPH_DIR}/{MODEL_FILE}", f"{GRAPH_DIR}/{STATE_FILE}"])
 
 
