@@ -57,3 +57,7 @@ LABEL = "label"
 # recommender (the graph recommender, your own) writes score; higher means more likely
 P_YES = "p_yes"
 SCORE = "score"
+# retrieval tables (a retriever's top-K items per example, for `msr score --candidates` and full-ranking
+# evaluation): USER, HISTORY_LEN, ITEM, SCORE (the retriever's own) and RANK (1-based, by that score, the
+# user's history masked); the target is not forced in, so a target outside the top K is a miss
+RANK = "rank"
