@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from msr import __version__, schema
 from msr.data import images
-from msr.data.loaders import _json_lines
+from msr.data.loaders import _json_lines, clean_id
 from msr.provenance import one_writer
 from msr.rundir import JsonlLog, RunDir, atomic_path, write_json
 
@@ -140,11 +140,10 @@ def catalog(cfg: ImagesConfig, counts: Counter) -> Iterator[tuple[str, str | Non
     seen: set[str] = set()
     prefer = cfg.fields()
     for record in _json_lines(Path(cfg.items), counts, "item"):
-        item = record.get(key)
-        if item in (None, ""):
-            counts["malformed_item_rows"] += 1
+        item = clean_id(record.get(key))
+        if item is None:
+            counts["missing_id_item_rows"] += 1
             continue
-        item = str(item)
         if item in seen:
             counts["duplicate_item_rows"] += 1
             continue
@@ -370,7 +369,7 @@ def _run(cfg: ImagesConfig) -> dict:
         "bytes": written_bytes, "seconds": round(seconds, 3),
         "images_per_s": round(counts["downloaded"] / seconds, 2) if seconds > 0 else 0.0,
         "metadata": {k: v for k, v in counts.items()
-                     if k in ("malformed_item_rows", "duplicate_item_rows", "deferred_by_limit",
+                     if k.endswith("_item_rows") or k in ("deferred_by_limit",
                               "run_items_not_in_metadata")},
         "failure_log": str(out_dir / FAILURES_FILE),
     }

@@ -1,27 +1,35 @@
 """Readers for raw recommendation datasets, one per format, all producing the same two tables.
 
 Every reader returns `RawData`: items (id, title, description, brand, categories, image candidate)
-and interactions (user, item, integer timestamp), ids as strings. Malformed rows are skipped and
-counted by reason in `RawData.counts`; nothing here filters by quality (that is `prepare`'s job).
+and interactions (user, item, integer timestamp), ids as strings. Parsing is strict: a line or row
+that cannot be used is skipped and counted by reason in `RawData.counts` as `{reason}_{what}_rows`
+(reasons: `malformed`, `bad_encoding`, `missing_id`, `bad_timestamp`, `duplicate`; see `tabular`),
+with its file and line in the log; a file that cannot be read at all is a ValueError naming it.
+Nothing here filters by quality (that is `prepare`'s job).
 """
 
 from __future__ import annotations
 
-import csv
-import gzip
 import json
+import math
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pandas as pd
-import pyarrow as pa
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
 from msr import schema
 from msr.data import images
+from msr.data.tabular import (
+    MAX_TS_MS,
+    MAX_TS_S,
+    NULL_IDS,
+    read_csv_interactions,
+    read_parquet_interactions,
+)
+from msr.data.textio import Drops, csv_records, numbered_lines
 
 FORMATS = ("microlens", "amazon2018", "amazon2023", "generic")
 
@@ -35,9 +43,11 @@ class RawData:
     counts: Counter = field(default_factory=Counter)
 
 
-def read_dataset(fmt: str, interactions: str, items: str, image_dir: str | None) -> RawData:
-    """Read a dataset in format `fmt` (one of FORMATS)."""
-    readers: dict[str, Callable[[Path, Path, str | None], RawData]] = {
+def read_dataset(fmt: str, interactions: str | Path, items: str | Path, image_dir: str | Path | None,
+                 allow_truncated: bool = False) -> RawData:
+    """Read a dataset in format `fmt` (one of FORMATS). `allow_truncated` keeps the complete lines of
+    a truncated gzip file (counted as `truncated_{what}_files`) instead of refusing it."""
+    readers: dict[str, Callable[[Path, Path, str | None, bool], RawData]] = {
         "microlens": read_microlens,
         "amazon2018": read_amazon2018,
         "amazon2023": read_amazon2023,
@@ -50,18 +60,35 @@ def read_dataset(fmt: str, interactions: str, items: str, image_dir: str | None)
             raise FileNotFoundError(f"{label} file not found: {path}")
     if image_dir is not None and not Path(image_dir).is_dir():
         raise FileNotFoundError(f"image folder not found: {image_dir}")
-    return readers[fmt](Path(interactions), Path(items), image_dir)
+    return readers[fmt](Path(interactions), Path(items), image_dir, allow_truncated)
 
 
 # ---------------------------------------------------------------------------------------------
 # shared helpers
 
 
-def _open_text(path: Path):
-    """Open a text file, gunzipping by content (magic bytes), not by extension."""
-    with path.open("rb") as f:
-        gz = f.read(2) == b"\x1f\x8b"
-    return gzip.open(path, "rt", encoding="utf-8") if gz else path.open(encoding="utf-8")
+@contextmanager
+def _drops(counts: Counter, path: Path, what: str) -> Iterator[Drops]:
+    """Count one file's dropped rows into `counts`; log them by reason when the file is read."""
+    drops = Drops(counts, path, what)
+    yield drops
+    drops.report()
+
+
+def clean_id(value: Any) -> str | None:
+    """An id as a trimmed string, or None when it is missing: null, NaN, empty, whitespace, a null
+    token (`nan`, `null`, `None`...), or not a string or an integer (a bool, a list, an object)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        ok = math.isfinite(value) and value.is_integer() and abs(value) < 2**53
+        return str(int(value)) if ok else None
+    if isinstance(value, str):
+        text = value.strip()
+        return None if text in NULL_IDS else text
+    return None
 
 
 def _text(value: Any) -> str:
@@ -73,39 +100,54 @@ def _text(value: Any) -> str:
     return " ".join(str(value).split())
 
 
-def _json_lines(path: Path, counts: Counter, what: str) -> Iterator[dict]:
-    """Parsed JSON objects of a JSON-lines file; bad lines are counted, not raised."""
-    with _open_text(path) as f:
-        for line in f:
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                counts[f"malformed_{what}_rows"] += 1
-                continue
-            if isinstance(record, dict):
-                yield record
-            else:
-                counts[f"malformed_{what}_rows"] += 1
-
-
 def _texts(values: Any) -> list[str]:
-    """The non-empty clean strings of a list field (None -> [])."""
-    return [t for t in (_text(v) for v in (values or [])) if t]
+    """The non-empty clean strings of a list field (a lone string is a list of one; None -> [])."""
+    if isinstance(values, str):
+        values = [values]
+    if not isinstance(values, (list, tuple)):
+        return []
+    return [t for t in (_text(v) for v in values) if t]
 
 
-def _review_interactions(path: Path, counts: Counter, user_key: str, item_key: str, ts_key: str) -> pd.DataFrame:
-    """Interactions from review JSON lines; a row without user, item or integer time is counted."""
-    users, items, stamps = [], [], []
-    for r in _json_lines(path, counts, "interaction"):
-        user, item, ts = r.get(user_key), r.get(item_key), r.get(ts_key)
-        if not user or not item or not isinstance(ts, int) or isinstance(ts, bool):
-            counts["malformed_interaction_rows"] += 1
+def _json_records(path: Path, drops: Drops, allow_truncated: bool) -> Iterator[tuple[int, dict]]:
+    """(line number, object) of a JSON-lines file; a line that is not a JSON object is `malformed`."""
+    for n, text in numbered_lines(path, drops, allow_truncated):
+        try:
+            record = json.loads(text)
+        except (ValueError, RecursionError) as err:
+            drops.add("malformed", f"line {n}", f"not JSON ({str(err)[:80]})")
             continue
-        users.append(str(user))
-        items.append(str(item))
-        stamps.append(ts)
+        if isinstance(record, dict):
+            yield n, record
+        else:
+            drops.add("malformed", f"line {n}", f"a JSON {type(record).__name__}, not an object")
+
+
+def _json_lines(path: Path, counts: Counter, what: str) -> Iterator[dict]:
+    """The JSON objects of a JSON-lines file (for `msr data images`); bad lines counted by reason."""
+    with _drops(counts, path, what) as drops:
+        for _, record in _json_records(path, drops, False):
+            yield record
+
+
+def _review_interactions(path: Path, counts: Counter, keys: tuple[str, str, str], max_ts: int,
+                         allow_truncated: bool) -> pd.DataFrame:
+    """Interactions from review JSON lines: (user, item, time) under `keys`; time a JSON integer in
+    [0, max_ts]. A row without usable ids is `missing_id`, one without a usable time `bad_timestamp`."""
+    user_key, item_key, ts_key = keys
+    users, items, stamps = [], [], []
+    with _drops(counts, path, "interaction") as drops:
+        for n, r in _json_records(path, drops, allow_truncated):
+            user, item, ts = clean_id(r.get(user_key)), clean_id(r.get(item_key)), r.get(ts_key)
+            if user is None or item is None:
+                drops.add("missing_id", f"line {n}", f"{user_key}={r.get(user_key)!r}, "
+                                                     f"{item_key}={r.get(item_key)!r}")
+            elif type(ts) is not int or not 0 <= ts <= max_ts:
+                drops.add("bad_timestamp", f"line {n}", f"{ts_key}={ts!r}")
+            else:
+                users.append(user)
+                items.append(item)
+                stamps.append(ts)
     return pd.DataFrame({schema.USER: pd.array(users, dtype="str"),
                          schema.ITEM: pd.array(items, dtype="str"),
                          schema.TIMESTAMP: pd.array(stamps, dtype="int64")})
@@ -113,7 +155,8 @@ def _review_interactions(path: Path, counts: Counter, user_key: str, item_key: s
 
 def _items_frame(rows: list[dict], image_dir: str | None, counts: Counter,
                  relative_paths: list[str | None] | None = None) -> pd.DataFrame:
-    """Items table from reader rows: first row per id wins (duplicates counted)."""
+    """Items table from reader rows: first row per id wins (duplicates counted); each item gets its
+    candidate image path (checked and confined to the image folder later, by `images.verify_images`)."""
     frame = pd.DataFrame(rows, columns=[schema.ITEM, schema.TITLE, schema.DESCRIPTION,
                                         schema.BRAND, schema.CATEGORIES])
     if relative_paths is not None:
@@ -122,127 +165,107 @@ def _items_frame(rows: list[dict], image_dir: str | None, counts: Counter,
     counts["duplicate_item_rows"] += int(duplicated.sum())
     frame = frame[~duplicated].reset_index(drop=True)
     rel = frame.pop("_rel").tolist() if relative_paths is not None else None
-    paths, unsafe = images.locate(image_dir, frame[schema.ITEM].tolist(), rel)
-    counts["unsafe_image_paths"] += unsafe
-    frame[schema.IMAGE] = paths
+    frame[schema.IMAGE] = images.locate(image_dir, frame[schema.ITEM].tolist(), rel)
     return frame
 
 
-def _coerce_interactions(table: pa.Table, user: str, item: str, ts: str, counts: Counter,
-                         ts_scale: int = 1) -> pd.DataFrame:
-    """Typed interactions from a table of (user, item, timestamp) columns; bad rows counted."""
-    frame = pd.DataFrame({
-        schema.USER: table.column(user).cast(pa.string()).to_pandas(),
-        schema.ITEM: table.column(item).cast(pa.string()).to_pandas(),
-        schema.TIMESTAMP: pd.to_numeric(table.column(ts).to_pandas(), errors="coerce"),
-    })
-    bad = (frame[schema.TIMESTAMP].isna() | frame[schema.USER].isna() | frame[schema.ITEM].isna()
-           | (frame[schema.USER].str.strip() == "") | (frame[schema.ITEM].str.strip() == ""))
-    counts["malformed_interaction_rows"] += int(bad.sum())
-    frame = frame[~bad]
-    ts_values = frame[schema.TIMESTAMP].to_numpy()
-    if (ts_values != ts_values.round()).any():
-        raise ValueError("timestamps must be integers (seconds or milliseconds since the epoch)")
-    frame[schema.TIMESTAMP] = (ts_values * ts_scale).astype("int64")
-    return frame.reset_index(drop=True)
+def _item_row(item: str, title: Any, description: Any = "", brand: Any = "",
+              categories: list[str] | None = None) -> dict:
+    """One items-table row, text fields cleaned."""
+    return {schema.ITEM: item, schema.TITLE: _text(title), schema.DESCRIPTION: _text(description),
+            schema.BRAND: _text(brand), schema.CATEGORIES: categories or []}
 
 
-def _read_csv(path: Path, names: list[str], counts: Counter, what: str) -> pa.Table:
-    """A CSV as strings, header detected (a first field that is not an integer), bad rows counted."""
-    with _open_text(path) as f:
-        first = f.readline().split(",")[0].strip().strip('"')
-    has_header = not first.lstrip("-").isdigit()
-
-    def skip(row: pacsv.InvalidRow) -> str:
-        counts[f"malformed_{what}_rows"] += 1
-        return "skip"
-
-    read = pacsv.ReadOptions(column_names=None if has_header else names, block_size=1 << 24)
-    parse = pacsv.ParseOptions(newlines_in_values=True, invalid_row_handler=skip)
-    convert = pacsv.ConvertOptions(column_types={n: pa.string() for n in names}, strings_can_be_null=True)
-    table = pacsv.read_csv(path, read_options=read, parse_options=parse, convert_options=convert)
-    missing = [n for n in names if n not in table.column_names]
-    if missing:
-        raise ValueError(f"{path}: expected columns {names}, header has {table.column_names}")
-    return table
+def _metadata_rows(path: Path, counts: Counter, key: str, allow_truncated: bool,
+                   make: Callable[[str, dict], dict]) -> list[dict]:
+    """Item rows from metadata JSON lines with the id under `key` (no usable id: `missing_id`)."""
+    rows = []
+    with _drops(counts, path, "item") as drops:
+        for n, m in _json_records(path, drops, allow_truncated):
+            item = clean_id(m.get(key))
+            if item is None:
+                drops.add("missing_id", f"line {n}", f"{key}={m.get(key)!r}")
+            else:
+                rows.append(make(item, m))
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------
 # readers
 
 
-def read_microlens(pairs: Path, titles: Path, image_dir: str | None) -> RawData:
+def read_microlens(pairs: Path, titles: Path, image_dir: str | None, allow_truncated: bool = False) -> RawData:
     """MicroLens: `user,item,timestamp` pairs (ms), `item,title` titles, covers `{item}.jpg`."""
     counts: Counter = Counter()
-    interactions = _coerce_interactions(_read_csv(pairs, ["user", "item", "timestamp"], counts,
-                                                  "interaction"), "user", "item", "timestamp", counts)
+    with _drops(counts, pairs, "interaction") as drops:
+        interactions = read_csv_interactions(pairs, drops, allow_truncated, MAX_TS_MS)
     rows = []
-    with _open_text(titles) as f:
-        reader = csv.reader(f)
-        for n, row in enumerate(reader):
-            if n == 0 and row and not row[0].strip().isdigit():
+    with _drops(counts, titles, "item") as drops:
+        for k, (n, fields) in enumerate(csv_records(numbered_lines(titles, drops, allow_truncated), drops)):
+            if k == 0 and not fields[0].strip().isdigit():
                 continue  # header
-            if len(row) < 2 or not row[0].strip():
-                counts["malformed_item_rows"] += 1
-                continue
-            rows.append({schema.ITEM: row[0].strip(), schema.TITLE: _text(",".join(row[1:])),
-                         schema.DESCRIPTION: "", schema.BRAND: "", schema.CATEGORIES: []})
+            item = clean_id(fields[0])
+            if len(fields) < 2:
+                drops.add("malformed", f"line {n}", f"{len(fields)} field(s), expected item,title")
+            elif item is None:
+                drops.add("missing_id", f"line {n}", f"item={fields[0]!r}")
+            else:
+                rows.append(_item_row(item, ",".join(fields[1:])))
     return RawData(_items_frame(rows, image_dir, counts), interactions, counts)
 
 
-def read_amazon2018(reviews: Path, meta: Path, image_dir: str | None) -> RawData:
+def read_amazon2018(reviews: Path, meta: Path, image_dir: str | None, allow_truncated: bool = False) -> RawData:
     """Amazon Reviews 2018: reviews (reviewerID, asin, unixReviewTime in s) + metadata by asin."""
     counts: Counter = Counter()
-    interactions = _review_interactions(reviews, counts, "reviewerID", "asin", "unixReviewTime")
-    rows = []
-    for m in _json_lines(meta, counts, "item"):
-        if not m.get("asin"):
-            counts["malformed_item_rows"] += 1
-            continue
-        rows.append({schema.ITEM: str(m["asin"]), schema.TITLE: _text(m.get("title")),
-                     schema.DESCRIPTION: _text(m.get("description")), schema.BRAND: _text(m.get("brand")),
-                     schema.CATEGORIES: _texts(m.get("category"))})
+    interactions = _review_interactions(reviews, counts, ("reviewerID", "asin", "unixReviewTime"),
+                                        MAX_TS_S, allow_truncated)
+    rows = _metadata_rows(meta, counts, "asin", allow_truncated, lambda item, m: _item_row(
+        item, m.get("title"), m.get("description"), m.get("brand"), _texts(m.get("category"))))
     return RawData(_items_frame(rows, image_dir, counts), interactions, counts)
 
 
-def read_amazon2023(reviews: Path, meta: Path, image_dir: str | None) -> RawData:
+def _amazon2023_row(item: str, m: dict) -> dict:
+    """An item row from Amazon 2023 metadata: description falls back to features, categories to
+    the main category, the store is the brand."""
+    categories = _texts(m.get("categories")) or ([_text(m["main_category"])] if m.get("main_category") else [])
+    return _item_row(item, m.get("title"), _text(m.get("description")) or _text(m.get("features")),
+                     m.get("store"), categories)
+
+
+def read_amazon2023(reviews: Path, meta: Path, image_dir: str | None, allow_truncated: bool = False) -> RawData:
     """Amazon Reviews 2023: reviews (user_id, parent_asin, timestamp in ms) + metadata by parent_asin."""
     counts: Counter = Counter()
-    interactions = _review_interactions(reviews, counts, "user_id", "parent_asin", "timestamp")
-    rows = []
-    for m in _json_lines(meta, counts, "item"):
-        if not m.get("parent_asin"):
-            counts["malformed_item_rows"] += 1
-            continue
-        description = _text(m.get("description")) or _text(m.get("features"))
-        categories = _texts(m.get("categories"))
-        if not categories and m.get("main_category"):
-            categories = [_text(m["main_category"])]
-        rows.append({schema.ITEM: str(m["parent_asin"]), schema.TITLE: _text(m.get("title")),
-                     schema.DESCRIPTION: description, schema.BRAND: _text(m.get("store")),
-                     schema.CATEGORIES: categories})
+    interactions = _review_interactions(reviews, counts, ("user_id", "parent_asin", "timestamp"),
+                                        MAX_TS_MS, allow_truncated)
+    rows = _metadata_rows(meta, counts, "parent_asin", allow_truncated, _amazon2023_row)
     return RawData(_items_frame(rows, image_dir, counts), interactions, counts)
 
 
-def read_generic(interactions: Path, items: Path, image_dir: str | None) -> RawData:
+def _is_parquet(path: Path) -> bool:
+    """A `.parquet` name, or parquet's magic bytes whatever the name."""
+    if path.suffix == ".parquet":
+        return True
+    try:
+        with path.open("rb") as f:
+            return f.read(4) == b"PAR1"
+    except OSError as err:
+        raise ValueError(f"{path}: cannot read the file: {err.strerror or err}") from None
+
+
+def read_generic(interactions: Path, items: Path, image_dir: str | None, allow_truncated: bool = False) -> RawData:
     """Generic: interactions csv/parquet (user, item, timestamp) + items jsonl (id, title,
     description, image: a path relative to the image folder)."""
     counts: Counter = Counter()
-    if interactions.suffix == ".parquet":
-        table = pq.read_table(interactions)
-        missing = {"user", "item", "timestamp"} - set(table.column_names)
-        if missing:
-            raise ValueError(f"{interactions}: missing column(s) {sorted(missing)}")
-    else:
-        table = _read_csv(interactions, ["user", "item", "timestamp"], counts, "interaction")
-    frame = _coerce_interactions(table, "user", "item", "timestamp", counts)
-    rows, relative = [], []
-    for m in _json_lines(items, counts, "item"):
-        if m.get("id") in (None, ""):
-            counts["malformed_item_rows"] += 1
-            continue
-        rows.append({schema.ITEM: str(m["id"]), schema.TITLE: _text(m.get("title")),
-                     schema.DESCRIPTION: _text(m.get("description")), schema.BRAND: _text(m.get("brand")),
-                     schema.CATEGORIES: _texts(m.get("categories"))})
-        relative.append(str(m["image"]) if m.get("image") else None)
+    with _drops(counts, interactions, "interaction") as drops:
+        if _is_parquet(interactions):
+            frame = read_parquet_interactions(interactions, drops, MAX_TS_MS)
+        else:
+            frame = read_csv_interactions(interactions, drops, allow_truncated, MAX_TS_MS)
+    relative: list[str | None] = []
+
+    def make(item: str, m: dict) -> dict:
+        relative.append(None if m.get("image") in (None, "") else str(m["image"]))
+        return _item_row(item, m.get("title"), m.get("description"), m.get("brand"), _texts(m.get("categories")))
+
+    rows = _metadata_rows(items, counts, "id", allow_truncated, make)
     return RawData(_items_frame(rows, image_dir, counts, relative), frame, counts)

@@ -3,7 +3,8 @@
 Order of operations (each drop is counted in data_stats.json under `dropped`):
 unknown items -> items without title/image (if required) -> exact duplicates -> repeated
 (user, item) pairs (earliest kept) -> iterative k-core -> chronological sort -> length cap ->
-leave-last-out targets -> seeded negatives.
+leave-last-out targets -> seeded negatives. A step that leaves no interaction stops the stage with
+one ValueError naming the step and the counts so far, never an IndexError further on.
 """
 
 from __future__ import annotations
@@ -56,6 +57,10 @@ class PrepareConfig:
     require_image: bool = field(default=False, metadata={"help": "Drop items without a usable image."})
     verify_images: bool = field(default=True, metadata={"help": "Decode every image to find corrupt files "
                                 "(off: only check that the file exists)."})
+    max_image_pixels: int = field(default=images.MAX_IMAGE_PIXELS, metadata={"help": "Refuse images with more "
+                                  "pixels than this (width x height, read from the header): too_many_pixels."})
+    allow_truncated: bool = field(default=False, metadata={"help": "Keep the complete lines of a truncated "
+                                  "gzip file (counted as truncated_*_files) instead of stopping with an error."})
     seed: int = field(default=0, metadata={"help": "Seed for negative sampling."})
     force: bool = field(default=False, metadata={"help": "Re-run even if outputs are current."})
 
@@ -66,6 +71,8 @@ class PrepareConfig:
                      "negatives_test", "max_seq_len"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_image_pixels < 1:
+            raise ValueError(f"max_image_pixels must be >= 1, got {self.max_image_pixels}")
         if self.train_targets_per_user < -1:
             raise ValueError("train_targets_per_user must be -1 (all) or >= 0")
         if self.max_seq_len and self.max_seq_len < self.min_history + 2:
@@ -92,10 +99,12 @@ def prepare(cfg: PrepareConfig) -> dict:
         return json.loads(run.path(schema.DATA_STATS_FILE).read_text())
 
     t0 = time.perf_counter()
-    raw = read_dataset(cfg.format, cfg.interactions, cfg.items, cfg.image_dir)
+    raw = read_dataset(cfg.format, cfg.interactions, cfg.items, cfg.image_dir, cfg.allow_truncated)
     dropped: Counter = Counter(raw.counts)
     log.info("read %d interactions, %d items in %.1fs", len(raw.interactions), len(raw.items),
              time.perf_counter() - t0)
+    _require(len(raw.interactions), f"reading {cfg.interactions}", dropped)
+    _require(len(raw.items), f"reading {cfg.items} (no items)", dropped)
 
     items = raw.items.sort_values(schema.ITEM, kind="stable").reset_index(drop=True)
     item_codes = pd.Index(items[schema.ITEM]).get_indexer(raw.interactions[schema.ITEM])
@@ -103,11 +112,13 @@ def prepare(cfg: PrepareConfig) -> dict:
     dropped["interactions_unknown_item"] += int((~known).sum())
     inter = raw.interactions[known]
     item_codes = item_codes[known]
+    _require(len(inter), "dropping interactions of unknown items", dropped)
 
     referenced = np.zeros(len(items), dtype=bool)
     referenced[item_codes] = True
     image_paths = np.full(len(items), None, dtype=object)
-    usable, reasons = images.verify_images(items[schema.IMAGE][referenced].tolist(), cfg.verify_images)
+    usable, reasons = images.verify_images(items[schema.IMAGE][referenced].tolist(), cfg.verify_images,
+                                           root=cfg.image_dir, max_pixels=cfg.max_image_pixels)
     image_paths[referenced] = usable
     for reason, n in reasons.items():
         if reason != images.OK:
@@ -125,6 +136,8 @@ def prepare(cfg: PrepareConfig) -> dict:
         bad_item |= no_image
     keep = ~bad_item[item_codes]
     dropped["interactions_of_dropped_items"] += int((~keep).sum())
+    needs = [name for name, on in (("a title", cfg.require_title), ("an image", cfg.require_image)) if on]
+    _require(int(keep.sum()), f"dropping items without {' or '.join(needs)}", dropped)
 
     user_codes, user_ids = pd.factorize(inter[schema.USER], sort=True)
     users, its = user_codes[keep].astype(np.int64), item_codes[keep].astype(np.int64)
@@ -144,9 +157,7 @@ def prepare(cfg: PrepareConfig) -> dict:
     core, rounds = splits.kcore(users, its, cfg.user_min, cfg.item_min, n_users, n_items)
     dropped["kcore_interactions"] += int((~core).sum())
     users, its, stamps = users[core], its[core], stamps[core]
-    if len(users) == 0:
-        raise ValueError(f"no interactions left after filtering and {cfg.user_min}/{cfg.item_min}-core; "
-                         f"dropped: {dict(dropped)}")
+    _require(len(users), f"the {cfg.user_min}/{cfg.item_min}-core", dropped)
     log.info("k-core (%d, %d): %d rounds, %d interactions left", cfg.user_min, cfg.item_min, rounds, len(users))
 
     order = splits.chronological_order(users, stamps, its)
@@ -202,6 +213,13 @@ def prepare(cfg: PrepareConfig) -> dict:
     stage.commit()
     log.info("data prepare: done in %.1fs -> %s", time.perf_counter() - t0, run.root)
     return stats
+
+
+def _require(n: int, step: str, dropped: Counter) -> None:
+    """Stop with one clear error when a step leaves nothing to work with (never an IndexError later)."""
+    if n == 0:
+        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(dropped.items()) if v) or "none"
+        raise ValueError(f"no interactions left after {step} (dropped, by reason: {reasons})")
 
 
 def _statistics(cfg: PrepareConfig, n_users: int, n_items: int, lengths: np.ndarray, items: pd.DataFrame,

@@ -1,4 +1,5 @@
-"""Image paths never come raw from item ids; unusable images are classified, never raised."""
+"""Image paths never come raw from item ids and never leave their folder; unusable images are
+classified by reason, never raised (pixel bombs: tests/data/test_bad_input.py)."""
 
 from __future__ import annotations
 
@@ -36,3 +37,18 @@ def test_check_image_reasons(tmp_path: Path) -> None:
     assert reasons == {images.OK: 1, images.UNREADABLE: 1, images.MISSING: 1}
     usable, reasons = images.verify_images([tmp_path / "bad.jpg"], verify=False)
     assert reasons == {images.OK: 1}
+
+
+def test_verify_confines_every_candidate_to_the_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "covers"
+    write_jpeg(folder / "a.jpg")
+    write_jpeg(tmp_path / "outside.jpg")
+    (folder / "out.jpg").symlink_to(tmp_path / "outside.jpg")
+    (folder / "in.jpg").symlink_to(folder / "a.jpg")
+    candidates = images.locate(folder, ["a", "out", "in", "none"])       # found by id
+    candidates += images.locate(folder, ["x", "y", "z"], ["a\x00.jpg", "../outside.jpg", "a.jpg"])
+    usable, reasons = images.verify_images(candidates, root=folder)
+    resolved = str((folder / "a.jpg").resolve())
+    assert usable == [resolved, None, resolved, None, None, None, resolved]
+    assert reasons == {images.OK: 3, images.UNSAFE: 3, images.MISSING: 1}
+    assert images.verify_images(candidates, verify=False, root=folder)[1] == reasons

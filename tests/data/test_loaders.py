@@ -11,6 +11,7 @@ import pytest
 
 from helpers import write_jpeg, write_jsonl
 from msr import schema
+from msr.data.images import verify_images
 from msr.data.loaders import read_dataset
 
 
@@ -22,7 +23,8 @@ def test_microlens_reads_pairs_titles_and_covers(microlens_dir: Path) -> None:
     raw = read_dataset("microlens", microlens_dir / "pairs.csv", microlens_dir / "titles.csv",
                        microlens_dir / "covers")
     assert len(raw.interactions) == 12
-    assert raw.counts["malformed_interaction_rows"] == 2
+    assert raw.counts["malformed_interaction_rows"] == 1  # too few fields
+    assert raw.counts["bad_timestamp_interaction_rows"] == 1  # "yesterday"
     assert raw.interactions[schema.TIMESTAMP].dtype == "int64"
     assert set(raw.interactions[schema.USER]) == {"1", "2", "3"}
     items = _by_id(raw.items)
@@ -58,9 +60,11 @@ def test_amazon2018_reviews_and_metadata(tmp_path: Path, gz: bool) -> None:
     write_jpeg(tmp_path / "img" / "B01.jpg")
     raw = read_dataset("amazon2018", reviews, meta, tmp_path / "img")
     assert raw.interactions[schema.ITEM].tolist() == ["B01", "B02"]
-    assert raw.counts["malformed_interaction_rows"] == 3
+    assert raw.counts["malformed_interaction_rows"] == 1  # not JSON
+    assert raw.counts["missing_id_interaction_rows"] == 1  # no reviewer
+    assert raw.counts["bad_timestamp_interaction_rows"] == 1  # "soon"
     assert raw.counts["duplicate_item_rows"] == 1
-    assert raw.counts["malformed_item_rows"] == 1
+    assert raw.counts["missing_id_item_rows"] == 1
     items = _by_id(raw.items)
     assert items["B01"][schema.TITLE] == "Soft blanket"
     assert items["B01"][schema.DESCRIPTION] == "Warm. Washable."
@@ -108,11 +112,11 @@ def test_generic_format_confines_image_paths(tmp_path: Path, suffix: str) -> Non
     ])
     raw = read_dataset("generic", path, items, images)
     assert raw.interactions[schema.USER].tolist() == ["u1", "u1"]
-    found = _by_id(raw.items)
-    assert found["a"][schema.IMAGE] == (images / "sub" / "a.png").resolve()
-    assert found["b"][schema.IMAGE] is None
-    assert raw.counts["unsafe_image_paths"] == 1
-    assert raw.counts["malformed_item_rows"] == 1
+    assert raw.counts["malformed_interaction_rows"] == (1 if suffix == "csv" else 0)  # 4 fields
+    assert raw.counts["missing_id_item_rows"] == 1
+    usable, reasons = verify_images(raw.items[schema.IMAGE].tolist(), root=images)
+    assert usable == [str((images / "sub" / "a.png").resolve()), None]
+    assert reasons == {"ok": 1, "unsafe_path": 1}  # counted once, not also as missing
 
 
 def test_errors_name_the_problem(tmp_path: Path) -> None:

@@ -43,7 +43,8 @@ def test_microlens_end_to_end(microlens_dir: Path, tmp_path: Path) -> None:
     assert items.loc["10", schema.IMAGE].endswith("10.jpg") and pd.isna(items.loc["12", schema.IMAGE])
     assert stats["users"] == 3 and stats["items"] == 5 and stats["interactions"] == 12
     assert stats["examples"] == {"train": 3, "valid": 3, "test": 3}
-    assert stats["dropped"]["malformed_interaction_rows"] == 2
+    assert stats["dropped"]["malformed_interaction_rows"] == 1
+    assert stats["dropped"]["bad_timestamp_interaction_rows"] == 1
     assert stats["dropped"]["items_image_unreadable"] == 1
     assert stats["dropped"]["items_image_missing"] == 2
     assert stats["image_coverage"] == pytest.approx(2 / 5)
