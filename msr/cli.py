@@ -1,4 +1,9 @@
-"""The `msr` command: one subcommand per stage, each a thin call into the module that owns it."""
+"""The `msr` command: one subcommand per stage, each a thin call into the module that owns it.
+
+An error the user caused (a config, a path, a model name, a missing input, a busy stage) ends in one
+line, `msr: error: ...`, naming the file, key or value and the fix, and exit status 2; everything
+else is a bug and keeps its traceback (see `USER_ERRORS`).
+"""
 
 from __future__ import annotations
 
@@ -83,6 +88,20 @@ def _graph_evaluate(argv: Sequence[str]) -> None:
     print(json.dumps(evaluate_graph(parse_config(GraphConfig, argv, prog="msr graph evaluate")), indent=2))
 
 
+def _baselines_train(argv: Sequence[str]) -> None:
+    from msr.baselines.config import BaselineConfig
+    from msr.baselines.pipeline import train_baseline
+
+    print(json.dumps(train_baseline(parse_config(BaselineConfig, argv, prog="msr baselines train")), indent=2))
+
+
+def _baselines_evaluate(argv: Sequence[str]) -> None:
+    from msr.baselines.config import BaselineConfig
+    from msr.baselines.pipeline import evaluate_baseline
+
+    print(json.dumps(evaluate_baseline(parse_config(BaselineConfig, argv, prog="msr baselines evaluate")), indent=2))
+
+
 def _tiny(argv: Sequence[str]) -> None:
     from msr.tiny import TinyConfig, build_from_config
 
@@ -114,8 +133,22 @@ COMMANDS: list[tuple[tuple[str, ...], str, Callable[[Sequence[str]], None]]] = [
      _graph_train),
     (("graph", "evaluate"), "MLLMRec: full-ranking Recall/NDCG@K and scores for the candidates of `msr evaluate`",
      _graph_evaluate),
+    (("baselines", "train"), "SASRec / GRU4Rec on the split's training interactions, early-stopped on validation",
+     _baselines_train),
+    (("baselines", "evaluate"), "a sequential baseline (or popularity): candidate scores, full ranking, top-K lists",
+     _baselines_evaluate),
     (("tiny",), "build a tiny random VLM or text LM offline (tests, quickstart)", _tiny),
 ]
+
+
+# What a user can cause, by type: msr raises these (ConfigError and other ValueErrors for settings and stale
+# inputs, FileNotFoundError for missing files, models and inputs, StageBusyError), and the OS raises the OSError
+# kinds for the paths a user gives (a run_dir or output that is a file, a folder, or not writable). Any other
+# exception (KeyError, TypeError, RuntimeError, other OSErrors...) is a bug or an outage and shows its traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ConfigError, ValueError, FileNotFoundError, StageBusyError,
+    PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,10 +174,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, rest = build_parser().parse_known_args(argv)
     try:
         args.handler(rest)
-    except (ConfigError, ValueError, FileNotFoundError, StageBusyError) as err:
-        print(f"msr: error: {err}", file=sys.stderr)
+    except USER_ERRORS as err:
+        print(f"msr: error: {_one_line(err)}", file=sys.stderr)
         return 2
     return 0
+
+
+def _one_line(err: BaseException) -> str:
+    """An error as one line: an OSError from the OS names its path and says what to check."""
+    if isinstance(err, OSError) and err.filename is not None and err.strerror:
+        return f"{err.filename}: {err.strerror.lower()}; check that path (or its permissions) and run again"
+    return " ".join(str(err).split()) or type(err).__name__
 
 
 if __name__ == "__main__":

@@ -1,38 +1,102 @@
 """Typed stage configuration: a dataclass per stage, filled from a YAML file and `--key value` overrides.
 
 Parsing is done by transformers' `HfArgumentParser` (types, bools, lists, `--help` from field
-metadata). This module adds what it lacks: a YAML file as defaults, read with `yaml.safe_load`, and
-an error that names any key the dataclass does not have, whether it came from the file or the
-command line. A silently ignored key is how a run ends up with settings nobody asked for.
+metadata). This module adds what it lacks: a YAML file as defaults, read with `yaml.safe_load`'s
+loader, and an error that names any key the dataclass does not have, whether it came from the file
+or the command line. A silently ignored key is how a run ends up with settings nobody asked for.
+
+Every mistake in a config is a `ConfigError` that names the file, the line and the key or tag, and
+says what to do: invalid YAML, a tag outside plain YAML (`!!python/...`: refused, never run), a key
+given twice in one mapping (YAML would silently keep the last), an unknown key, a value of the wrong
+type, and a command-line value argparse cannot read.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-from pathlib import Path
-from typing import Any, Sequence, TypeVar
-
 import types
 import typing
+from pathlib import Path
+from typing import Any, NoReturn, Sequence, TypeVar
 
 import yaml
 from transformers import HfArgumentParser
 
 T = TypeVar("T")
+_YAML_TAGS = "tag:yaml.org,2002:"
 
 
 class ConfigError(ValueError):
     """A configuration file or override that does not fit the stage's dataclass."""
 
 
+class _YamlProblem(yaml.YAMLError):
+    """A config mistake found while loading, at `mark`, with the message (and fix) to show."""
+
+    def __init__(self, mark: yaml.Mark, message: str):
+        super().__init__(message)
+        self.mark, self.message = mark, message
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """`yaml.safe_load`'s loader, stricter: a key given twice in one mapping is an error (plain YAML keeps
+    the last one silently), and so is a tag it has no constructor for (`!!python/...`), by name."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value if isinstance(node, yaml.MappingNode) else ():
+            if key_node.tag == _YAML_TAGS + "merge":  # `<<: *defaults`: explicit keys may override merged ones
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                seen = key in first_line
+            except TypeError:  # unhashable: SafeLoader names it below
+                continue
+            if seen:
+                raise _YamlProblem(key_node.start_mark, f"key {key!r} is given twice (first on line "
+                                   f"{first_line[key] + 1}); keep one of them")
+            first_line[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
+def _refuse_tag(loader: _ConfigLoader, node: yaml.Node) -> NoReturn:
+    tag = node.tag.replace(_YAML_TAGS, "!!", 1)
+    raise _YamlProblem(node.start_mark, f"tag {tag} is not allowed: a config holds plain values (text, numbers, "
+                       "true/false, lists, mappings); remove the tag")
+
+
+_ConfigLoader.add_constructor(None, _refuse_tag)
+
+
+def _where(path: Path, text: str, mark: yaml.Mark) -> str:
+    """`FILE, line N` plus that line's text (which shows the key), for an error message."""
+    lines = text.splitlines()
+    shown = lines[mark.line].strip() if mark.line < len(lines) else ""
+    return f"{path}, line {mark.line + 1}" + (f" ({shown!r})" if shown else "")
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Load a YAML mapping with `safe_load`; an empty file is an empty mapping."""
+    """Load a YAML mapping with `safe_load`'s loader (refusing duplicate keys and unsafe tags); an empty file
+    is an empty mapping. Every problem is a ConfigError naming the file and line."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    with path.open(encoding="utf-8") as f:
-        data = yaml.safe_load(f)
+        raise ConfigError(f"config file not found: {path}" + (" (it is a folder)" if path.is_dir() else ""))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    try:
+        data = yaml.load(text, Loader=_ConfigLoader)
+    except _YamlProblem as e:
+        raise ConfigError(f"{_where(path, text, e.mark)}: {e.message}") from None
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        context = f" ({e.context} on line {e.context_mark.line + 1})" if e.context and e.context_mark else ""
+        raise ConfigError(f"{_where(path, text, mark)}: not valid YAML: {e.problem}{context}; fix the syntax there "
+                          "(a value that holds ': ' or ' #' needs quotes)") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e}); fix the file") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -40,16 +104,27 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+class _StageParser(HfArgumentParser):
+    """`HfArgumentParser` whose errors (a value it cannot read, a missing required key) are ConfigErrors,
+    so `msr` reports them on one line like every other user error, instead of exiting from inside."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(f"{self.prog}: {message} (`{self.prog} --help` lists the keys)")
+
+
 def parse_config(cls: type[T], argv: Sequence[str] = (), prog: str | None = None) -> T:
     """Build `cls` from `--config FILE.yaml` (optional) plus `--key value` overrides in `argv`.
 
     Command-line values win over the file. Unknown keys in either place raise ConfigError naming them.
     """
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = argparse.ArgumentParser(add_help=False, exit_on_error=False)
     pre.add_argument("--config", default=None)
-    known, rest = pre.parse_known_args(list(argv))
+    try:
+        known, rest = pre.parse_known_args(list(argv))
+    except argparse.ArgumentError as e:
+        raise ConfigError(f"{prog or 'msr'}: {e}") from None
 
-    parser = HfArgumentParser(cls, prog=prog)
+    parser = _StageParser(cls, prog=prog)
     parser.add_argument("--config", default=None, help="YAML file whose keys are the options below")
     if known.config is not None:
         values = read_yaml(known.config)
@@ -91,4 +166,5 @@ def _check_type(source: str, key: str, value: Any, hint: Any) -> None:
             continue
         if isinstance(origin, type) and isinstance(value, origin):
             return
-    raise ConfigError(f"{source}: {key}: {value!r} is not a valid {hint}")
+    expected = getattr(hint, "__name__", None) if not typing.get_args(hint) else None
+    raise ConfigError(f"{source}: {key}: {value!r} is not a valid {expected or hint}; give a value of that type")

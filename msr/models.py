@@ -3,7 +3,9 @@ quantization.
 
 Every stage loads through here, so `trust_remote_code` is off unless the user turns it on, a
 CPU never gets bf16 by accident (it is ~6x slower than fp32 there), and 4-bit loading is one
-switch for every stage.
+switch for every stage. A name that can only be a local path (see `check_model_name`) but is not a
+model folder is refused here, before any work, with `model not found: PATH`, instead of reaching
+the hub client as a malformed repo id.
 """
 
 from __future__ import annotations
@@ -88,9 +90,50 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
     return DTYPES[dtype]
 
 
+# a hub repo id: `name` or `org/name`, word characters, '.' and '-' (not leading); anything else is a path
+_HUB_ID = re.compile(r"\w[\w.-]*(/\w[\w.-]*)?")
+_HUB_HINT = ("a hub id is org/name, and offline it must already be in the hub cache (HF_HOME, with "
+             "HF_HUB_OFFLINE=1)")
+
+
+def looks_like_path(name: str) -> bool:
+    """True when `name` can only mean a local path, not a hub id: it starts with '/', '.' or '~', has more
+    than one '/', holds characters no repo id has (a Windows separator, a space), exists here as a file, or
+    its first part is a folder here (`models/my-run` beside a `models/` folder)."""
+    if not _HUB_ID.fullmatch(name) or Path(name).is_file():
+        return True
+    return "/" in name and Path(name.split("/")[0]).is_dir()
+
+
+def check_model_name(name: str, what: str = "model",
+                     markers: tuple[str, ...] = ("config.json", "adapter_config.json")) -> None:
+    """Refuse, before any work, a `what` (model, adapter, encoder) given as a local path that is not a folder
+    holding one of `markers`, naming the path and what a hub id looks like. Hub ids pass (the hub client
+    checks them). Raises FileNotFoundError (`msr: error: model not found: PATH ...` on the command line)."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not any((path / marker).is_file() for marker in markers):
+            raise FileNotFoundError(f"{what} not found: {name} is a folder without {' or '.join(markers)}, not a "
+                                    f"saved {what}; pass the folder that save_pretrained wrote, or a hub id "
+                                    f"({_HUB_HINT})")
+        return
+    if looks_like_path(name):
+        state = "is a file, not a folder" if path.exists() else "does not exist"
+        raise FileNotFoundError(f"{what} not found: {name} ({state}); pass the folder that save_pretrained wrote, "
+                                f"or a hub id ({_HUB_HINT})")
+
+
 def is_vision_model(name: str, trust_remote_code: bool = False) -> bool:
-    """True when the checkpoint is an image-text-to-text model (a VLM)."""
-    config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+    """True when the checkpoint is an image-text-to-text model (a VLM). A hub id that can be neither found
+    in the hub cache nor downloaded is a FileNotFoundError naming it."""
+    try:
+        config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+    except OSError as e:
+        if Path(name).expanduser().is_dir():
+            raise
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise FileNotFoundError(f"model not found: {name} is not a local folder and the hub did not give it "
+                                f"({reason}); {_HUB_HINT}") from None
     return config.model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
 
@@ -103,7 +146,11 @@ def load_model(name: str, dtype: str = "auto", device: str = "auto", load_in_4bi
     Trainer (accelerate) will place it. 4-bit loads NF4 weights (QLoRA when trained with LoRA).
     `max_pixels` caps the image size the processor keeps (Qwen2-VL family), hence the number of
     tokens an image costs; use the same value for training and scoring. `adapter` loads a saved
-    PEFT (LoRA) adapter on top, for inference."""
+    PEFT (LoRA) adapter on top, for inference. A missing local model or adapter folder fails first
+    (`check_model_name`)."""
+    check_model_name(name)
+    if adapter:
+        check_model_name(adapter, "adapter", ("adapter_config.json",))
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     vlm = is_vision_model(name, trust_remote_code)
@@ -153,6 +200,7 @@ def load_encoder(name: str, device: str = "auto", trust_remote_code: bool = Fals
     with remote code off unless asked for."""
     from sentence_transformers import SentenceTransformer
 
+    check_model_name(name, "encoder", ("modules.json", "config.json"))
     return SentenceTransformer(name, device=resolve_device(device), trust_remote_code=trust_remote_code)
 
 
@@ -205,7 +253,11 @@ def model_identity(name: str, revision: str | None = None) -> str:
     commit itself). The network is never touched: when the cache cannot tell the commit (not
     downloaded, or no `huggingface_hub`), the identity is the name plus the `revision` string as
     given, so it stays stable but does not see the repository change until it is downloaded.
+
+    A name that can only be a local path but is no model folder fails here (`check_model_name`): stages
+    compute identities before their work, so a mistyped path is refused up front.
     """
+    check_model_name(name)
     path = Path(name).expanduser()
     if path.is_dir():
         root = path.resolve()

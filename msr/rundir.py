@@ -1,14 +1,15 @@
 """The run directory: where every stage reads its inputs and writes its outputs.
 
 Writes are atomic (temp file + rename), so an interrupted stage never leaves a half-written table
-that a later stage would trust. The manifest (`manifest.json`) holds, per stage, what
-`msr.provenance.Stage` recorded: its config and the digests of what it read and wrote.
+that a later stage would trust. The temp of `NAME` is `.NAME.tmp`, flocked while in use: a writer
+killed between write and rename leaves it unheld, and the next write of `NAME` takes it over.
+The manifest (`manifest.json`) holds, per stage, what `msr.provenance.Stage` recorded: its config
+and the digests of what it read and wrote. Append-only JSONL logs live in `msr.jsonl`
+(`JsonlLog`, re-exported here).
 
-Append-only JSONL logs (`JsonlLog`) are flushed and fsynced per append, so a killed stage resumes
-from its last record. A torn last line (a kill mid-write) is ignored on read and cut off before
-the next append, so a new record is never glued onto it; any other bad line (invalid JSON or
-UTF-8, not an object, no key) is skipped, counted in `bad_lines` and logged once as a warning,
-and the records after it are kept.
+A stage that writes opens its run directory with `RunDir(...)` and holds `RunDir.lock(stage)`: the
+first fails at once when `run_dir` is a file, the second when the folder is not writable, so a
+wrong `--run_dir` is refused before any work, not after it.
 
 `RunDir.lock(stage)` makes a stage the only writer of its outputs in a run directory: a second
 run of the same stage on the same run directory fails at once with `StageBusyError`, naming the
@@ -31,7 +32,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Hashable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -40,11 +41,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from msr import schema
+from msr.jsonl import JsonlLog
 
 try:
     import fcntl
 except ImportError:  # not POSIX (Windows): everything but `RunDir.lock` still works
     fcntl = None
+
+__all__ = ["DIGEST_CACHE_FILE", "JsonlLog", "LOCK_DIR", "RunDir", "StageBusyError", "atomic_path", "digest",
+           "file_sha256", "write_json", "write_parquet"]
 
 log = logging.getLogger(__name__)
 
@@ -69,17 +74,58 @@ def file_sha256(path: str | Path) -> str:
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; rename it onto `path` only if the block succeeds."""
+    """Yield a temporary path next to `path`; rename it onto `path` only if the block succeeds.
+
+    The temp is `.NAME.tmp`, held under an exclusive `flock` while in use: a temp that nobody holds was
+    left by a writer killed before its rename, and this write takes it over (truncated), so kills leave
+    at most one temp per target and the next write of the target removes it. While another process
+    writes the same target, this one writes beside it under a unique `.NAME.<random>.tmp`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp, fd = _claim_temp(path)
     try:
-        yield Path(tmp)
+        yield tmp
         os.replace(tmp, path)
+    except BaseException:
+        _discard_temp(tmp, fd)  # while still holding it: nobody else can have claimed that name
+        raise
     finally:
-        if os.path.exists(tmp):
+        if fd is not None:
+            os.close(fd)  # releases the flock
+
+
+def _claim_temp(path: Path) -> tuple[Path, int | None]:
+    """The temp path for a write of `path` and the descriptor holding its flock (None: a unique temp)."""
+    shared = path.with_name(f".{path.name}.tmp")
+    while fcntl is not None:
+        fd = os.open(shared, os.O_RDWR | os.O_CREAT, 0o666)  # as open() would: the umask decides
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            break  # a live writer of the same target holds it
+        try:
+            current = os.stat(shared).st_ino
+        except FileNotFoundError:
+            current = None
+        if current == os.fstat(fd).st_ino:  # still the file at that name, not one renamed away meanwhile
+            os.ftruncate(fd, 0)
+            return shared, fd
+        os.close(fd)
+    fd, unique = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return Path(unique), None
+
+
+def _discard_temp(tmp: Path, fd: int | None) -> None:
+    """Remove the temp of a failed write: a unique one, or the shared one if it is still the file we hold."""
+    try:
+        if fd is None or os.stat(tmp).st_ino == os.fstat(fd).st_ino:
             os.unlink(tmp)
+    except FileNotFoundError:  # the block removed or renamed it itself
+        pass
 
 
 def write_json(path: str | Path, data: Any) -> None:
@@ -92,103 +138,6 @@ def write_parquet(path: str | Path, table: pa.Table) -> None:
     """Write a parquet table atomically."""
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
-
-
-class JsonlLog:
-    """An append-only JSON-lines file of records keyed by a string, for resumable stages.
-
-    A record is on disk (flushed and fsynced) before `append` returns. A torn last line (no final
-    newline: a kill mid-write) is ignored on read (`torn_lines`) and truncated before the next
-    append, so a record is never glued onto it. Any other bad line (not UTF-8, not JSON, not an
-    object, or without the key field) is skipped and counted in `bad_lines` (its 1-based number in
-    `bad_line_numbers`, all logged in one warning); the records after it are kept. When a key
-    occurs more than once, its last record wins.
-    """
-
-    def __init__(self, path: str | Path, key: str):
-        self.path = Path(path)
-        self.key = key
-        self.records: dict[str, dict] = {}
-        self.torn_lines = 0
-        self.bad_lines = 0
-        self.bad_line_numbers: list[int] = []
-        self._load()
-
-    def _parse(self, line: bytes) -> dict | None:
-        try:
-            record = json.loads(line.decode("utf-8"))
-        except ValueError:  # UnicodeDecodeError and JSONDecodeError both are
-            return None
-        if not isinstance(record, dict) or not isinstance(record.get(self.key), Hashable):
-            return None
-        return record if self.key in record else None
-
-    def _load(self) -> None:
-        if not self.path.exists():
-            return
-        with self.path.open("rb") as f:
-            for number, line in enumerate(f, start=1):
-                if not line.endswith(b"\n"):  # only the last line can lack its newline
-                    self.torn_lines += 1
-                    break
-                record = self._parse(line)
-                if record is None:
-                    self.bad_line_numbers.append(number)
-                    continue
-                self.records[record[self.key]] = record
-        self.bad_lines = len(self.bad_line_numbers)
-        if self.bad_lines:
-            shown = ", ".join(map(str, self.bad_line_numbers[:50]))
-            more = f" and {self.bad_lines - 50} more" if self.bad_lines > 50 else ""
-            log.warning("%s: skipped %d bad line(s) (not a JSON object with %r): line %s%s", self.path,
-                        self.bad_lines, self.key, shown, more)
-
-    def __contains__(self, key: str) -> bool:
-        return key in self.records
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def get(self, key: str) -> dict | None:
-        return self.records.get(key)
-
-    @staticmethod
-    def _cut_torn_tail(f) -> None:
-        """Truncate an open (a+b) file after its last newline, if it does not end with one."""
-        size = f.seek(0, os.SEEK_END)
-        if not size:
-            return
-        f.seek(size - 1)
-        if f.read(1) == b"\n":
-            return
-        end = size
-        while end > 0:
-            start = max(0, end - (1 << 16))
-            f.seek(start)
-            newline = f.read(end - start).rfind(b"\n")
-            if newline >= 0:
-                f.truncate(start + newline + 1)
-                return
-            end = start
-        f.truncate(0)
-
-    def append(self, records: list[dict]) -> None:
-        """Persist `records`; each must carry the key field."""
-        if not records:
-            return
-        missing = [r for r in records if self.key not in r]
-        if missing:
-            raise KeyError(f"{self.path}: a record has no {self.key!r} field: {missing[0]!r}")
-        data = b"".join((json.dumps(record, sort_keys=True, ensure_ascii=False) + "\n").encode()
-                        for record in records)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a+b") as f:
-            self._cut_torn_tail(f)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        for record in records:
-            self.records[record[self.key]] = record
 
 
 class StageBusyError(RuntimeError):
@@ -224,8 +173,30 @@ class RunDir:
     """A run directory, its manifest of completed stages, its stage locks and its digest cache."""
 
     def __init__(self, root: str | Path):
+        """Open (creating it when missing) the run directory `root`; a file there is a clear error."""
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        if self.root.exists() and not self.root.is_dir():
+            raise NotADirectoryError(f"run_dir {self.root} is a file, not a folder: pass a folder (one that does "
+                                     "not exist yet is created)")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):  # a folder above it is a file
+            blocker = next((p for p in reversed(self.root.parents) if p.exists() and not p.is_dir()), self.root)
+            raise NotADirectoryError(f"run_dir {self.root} cannot be created: {blocker} is a file, not a "
+                                     "folder; pass another run_dir") from None
+        except PermissionError as e:
+            raise PermissionError(f"run_dir {self.root} cannot be created ({e.strerror}: {e.filename}); pass a "
+                                  "run_dir in a folder you can write to") from None
+
+    def check_writable(self) -> None:
+        """Fail at once, naming the folder, when files cannot be created in the run directory: a stage
+        that writes checks this before its work, not when it saves its first output."""
+        try:
+            with tempfile.TemporaryFile(dir=self.root):
+                pass
+        except OSError as e:
+            raise PermissionError(f"run_dir {self.root} is not writable ({e.strerror or e}): fix its permissions "
+                                  "or pass another run_dir") from None
 
     def path(self, name: str) -> Path:
         return self.root / name
@@ -248,14 +219,16 @@ class RunDir:
     def lock(self, stage: str) -> Iterator[Path]:
         """Hold the lock of `stage` in this run directory for the block; yield the lock file.
 
-        Fails at once with `StageBusyError` when another process, or another `lock` in this process,
-        holds it. An advisory POSIX `fcntl.flock`: the kernel releases it when the holder exits or is
-        killed, so there is never a stale lock to clean up. Different stages, or the same stage in
+        Fails at once with PermissionError when the run directory is not writable (`check_writable`), and
+        with `StageBusyError` when another process, or another `lock` in this process, holds it. An
+        advisory POSIX `fcntl.flock`: the kernel releases it when the holder exits or is killed, so
+        there is never a stale lock to clean up. Different stages, or the same stage in
         different run directories, do not block each other. (On network file systems flock may not
         be shared between machines; Windows is not supported.)
         """
         if fcntl is None:
             raise NotImplementedError("RunDir.lock needs POSIX fcntl.flock (Linux, macOS); Windows is not supported")
+        self.check_writable()  # every stage that writes holds its lock: a read-only run_dir fails before any work
         lock_file = self.path(LOCK_DIR) / f"{_safe_name(stage)}.lock"
         lock_file.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)

@@ -33,6 +33,30 @@ def test_bad_key_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture)
     assert main(["tiny", "--out_dir", str(tmp_path), "--family", "qwen"]) == 2
 
 
+@pytest.mark.parametrize("error, shown", [
+    (PermissionError(13, "Permission denied", "/data/run/x.parquet"),
+     "msr: error: /data/run/x.parquet: permission denied; check that path"),
+    (IsADirectoryError(21, "Is a directory", "/data/out.json"), "msr: error: /data/out.json: is a directory"),
+    (ValueError("split: 'dev' is not one of\ntrain, valid, test"), "msr: error: split: 'dev' is not one of train, "),
+])
+def test_user_errors_are_one_line_and_bugs_keep_their_traceback(error: Exception, shown: str, monkeypatch,
+                                                               capsys: pytest.CaptureFixture) -> None:
+    import msr.cli
+
+    def fail(argv):
+        raise error
+
+    def bug(argv):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(msr.cli, "COMMANDS", [(("fail",), "fails", fail), (("bug",), "a bug", bug)])
+    assert main(["fail"]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(shown)
+    with pytest.raises(KeyError):  # not a user error: the traceback is shown
+        main(["bug"])
+
+
 @pytest.mark.slow
 def test_quickstart_runs_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixture,
                                      caplog: pytest.LogCaptureFixture) -> None:

@@ -178,3 +178,41 @@ def test_hub_ids_resolve_their_commit_offline_from_the_cache(tmp_path, monkeypat
     assert model_identity("org/model") not in (resolved, unresolved)
     (refs / "v1").write_text("a" * 40)
     assert model_identity("org/model", "v1") == resolved
+
+
+@pytest.mark.parametrize("name, is_path", [
+    ("org/model", False), ("gpt2", False), ("Qwen/Qwen2.5-VL-3B-Instruct", False),
+    ("/abs/model", True), ("./model", True), ("../model", True), ("~/model", True), ("a/b/c", True),
+    ("my model", True), ("org\\model", True),
+])
+def test_what_looks_like_a_path(name: str, is_path: bool) -> None:
+    from msr.models import looks_like_path
+
+    assert looks_like_path(name) is is_path
+
+
+def test_a_model_path_that_is_no_model_folder_is_refused_up_front(tmp_path, monkeypatch) -> None:
+    from msr.models import check_model_name, model_identity
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    for name, state in (("models/typo", "does not exist"), ("weights.bin", "is a file"),
+                        (str(tmp_path / "gone"), "does not exist")):
+        with pytest.raises(FileNotFoundError, match=rf"model not found: {re.escape(name)} \({state}.*org/name"):
+            model_identity(name)
+    with pytest.raises(FileNotFoundError, match="adapter not found: models is a folder without adapter_config.json"):
+        load_model("org/model", adapter="models")
+    check_model_name("org/model")  # a hub id is the hub client's to check
+
+
+def test_a_hub_id_the_hub_cannot_give_is_named(monkeypatch) -> None:
+    import msr.models
+
+    def unreachable(*args, **kwargs):
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files.\nCheck your connection.")
+
+    monkeypatch.setattr(msr.models.AutoConfig, "from_pretrained", unreachable)
+    with pytest.raises(FileNotFoundError, match=r"model not found: org/model is not a local folder .*couldn't "
+                                                r"connect.*hub cache"):
+        is_vision_model("org/model")

@@ -29,6 +29,39 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path: Path) -> None:
     assert json.loads(target.read_text()) == {"a": 2, "b": 1}
 
 
+def test_a_write_killed_before_its_rename_leaves_a_temp_the_next_write_removes(tmp_path: Path) -> None:
+    target = tmp_path / "out.json"
+    script = (f"import os, signal, sys\nfrom msr.rundir import atomic_path\n"
+              f"with atomic_path({str(target)!r}) as tmp:\n    tmp.write_text('half')\n"
+              "    print('written', flush=True)\n    sys.stdin.read()\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "written"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.json.tmp"] and not target.exists()
+    write_json(target, {"a": 1})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
+    assert json.loads(target.read_text()) == {"a": 1}
+
+
+def test_a_live_writer_keeps_its_temp(tmp_path: Path) -> None:
+    """Two writers of one target at once: the second writes beside the first, and neither loses its file."""
+    target = tmp_path / "out.json"
+    with atomic_path(target) as first:
+        first.write_text('"first"')
+        write_json(target, "second")  # the temp of `first` is held: not taken over, not removed
+        assert first.read_text() == '"first"' and json.loads(target.read_text()) == "second"
+    assert json.loads(target.read_text()) == "first" and sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
+
+
+def test_run_dir_that_is_a_file_or_below_one(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError, match=r"run_dir .*file is a file, not a folder"):
+        RunDir(tmp_path / "file")
+    with pytest.raises(NotADirectoryError, match=r"cannot be created: .*file is a file"):
+        RunDir(tmp_path / "file" / "run")
+
+
 def test_require_names_the_missing_input(tmp_path: Path) -> None:
     run = RunDir(tmp_path / "run")
     with pytest.raises(FileNotFoundError, match="x.txt"):
@@ -74,7 +107,7 @@ def _ids(path: Path) -> list[str]:
 def test_jsonl_log_skips_a_bad_line_in_the_middle(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "log.jsonl"
     path.write_bytes(b'{"id": "a", "v": 1}\n{"id": "b", "v"\n{"id": "c", "v": 3}\n')
-    with caplog.at_level(logging.WARNING, logger="msr.rundir"):
+    with caplog.at_level(logging.WARNING, logger="msr.jsonl"):
         log = JsonlLog(path, key="id")
     assert set(log.records) == {"a", "c"} and log.get("c") == {"id": "c", "v": 3}
     assert log.bad_lines == 1 and log.bad_line_numbers == [2] and log.torn_lines == 0
@@ -90,7 +123,7 @@ def test_jsonl_log_skips_several_kinds_of_bad_line(tmp_path: Path, caplog: pytes
     lines = [b'{"id": "a"}', b"not json", b"[1, 2]", b'"a string"', b'{"other": "x"}', b'{"id": "b"}',
              b"", b'{"id": ["unhashable"]}', b"{", b'{"id": "c"}']
     path.write_bytes(b"\n".join(lines) + b"\n")
-    with caplog.at_level(logging.WARNING, logger="msr.rundir"):
+    with caplog.at_level(logging.WARNING, logger="msr.jsonl"):
         log = JsonlLog(path, key="id")
     assert set(log.records) == {"a", "b", "c"}
     assert log.bad_lines == 7 and log.bad_line_numbers == [2, 3, 4, 5, 7, 8, 9] and log.torn_lines == 0

@@ -5,6 +5,12 @@ train the model and the scorer asks exactly the same question, so the two can ne
 (in the MLLM-MSR code they did). Each row holds the candidate's image, the user's preference
 text at the example's cutoff, optionally the titles of the last `history_titles` items before
 the cutoff, the candidate's title (and item summary), and the answer "Yes" or "No".
+
+`CandidatePrompts` checks every item image again before any prompt carries it (`msr.data.recheck`):
+one corrupted, replaced or deleted after `msr data prepare` is counted (`items_image_<reason>`, in
+the counts `msr data sft` returns), logged by item, and its candidates are asked without an image,
+in training rows and in scoring alike. The stage records the image folder by content, so once the
+file is repaired the rows are rewritten with it.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import pandas as pd
 
 from msr import schema
 from msr.data.prepare import STAGE as PREPARE_STAGE
+from msr.data.recheck import pixel_cap, recheck_images
 from msr.prompts import Prompt, load_prompt, prompt_path
 from msr.provenance import Stage, one_writer, stage_config
 from msr.rundir import RunDir
@@ -81,7 +88,10 @@ def answer_messages(label: int) -> list[dict]:
 
 
 class CandidatePrompts:
-    """Everything needed to ask the question for any (example, candidate) of a run."""
+    """Everything needed to ask the question for any (example, candidate) of a run.
+
+    `images` holds the items whose image is usable now (each checked again, once); `bad_images` counts
+    the others by `items_image_<reason>`."""
 
     def __init__(self, run: RunDir, cfg: SftDataConfig):
         run.require(schema.ITEMS_FILE, schema.INTERACTIONS_FILE, schema.EXAMPLES_FILE)
@@ -89,7 +99,9 @@ class CandidatePrompts:
         self.prompts = (load_prompt("recommend_user", cfg.prompt_dir), load_prompt("recommend_candidate", cfg.prompt_dir))
         items = pd.read_parquet(run.path(schema.ITEMS_FILE), columns=[schema.ITEM, schema.TITLE, schema.IMAGE])
         self.titles = dict(zip(items[schema.ITEM], items[schema.TITLE]))
-        self.images = {i: p for i, p in zip(items[schema.ITEM], items[schema.IMAGE]) if isinstance(p, str)}
+        self.images, self.bad_images = recheck_images(
+            {i: p for i, p in zip(items[schema.ITEM], items[schema.IMAGE]) if isinstance(p, str)}, "candidate prompts",
+            pixel_cap(run))
         self.item_summaries: dict[str, str] = {}
         if cfg.candidate_summary:
             run.require(schema.ITEM_SUMMARY_TABLE)
@@ -111,8 +123,8 @@ class CandidatePrompts:
         if self.cfg.user_summary:
             key = (user, history_len)
             if key not in self.user_summaries:
-                raise KeyError(f"no user summary for user {user} at cutoff {history_len}: "
-                               "run `msr summarize users` on this run first")
+                raise FileNotFoundError(f"no user summary for user {user} at cutoff {history_len}: "
+                                        "run `msr summarize users` on this run first")
             text = self.user_summaries[key]
         recent = []
         if self.cfg.history_titles:
@@ -160,7 +172,8 @@ def sft_stage(run: RunDir, cfg: SftDataConfig) -> Stage:
 
 @one_writer(STAGE)
 def write_sft_rows(cfg: SftDataConfig) -> dict:
-    """Write `sft/{split}` datasets; return the row counts per split."""
+    """Write `sft/{split}` datasets; return the row counts per split, and when this run found item images no
+    longer usable, their counts by `items_image_<reason>` (those candidates' rows have no image)."""
     cfg.validate()
     run = RunDir(cfg.run_dir)
     stage = sft_stage(run, cfg)
@@ -190,7 +203,7 @@ def write_sft_rows(cfg: SftDataConfig) -> dict:
         log.info("data sft: %d %s rows (%d with an image) -> %s", len(rows), split,
                  sum(1 for r in rows if r["images"]), target)
     stage.commit()
-    return counts
+    return {**counts, **prompts.bad_images}
 
 
 def load_sft_split(run_dir: str | Path, split: str) -> datasets.Dataset:

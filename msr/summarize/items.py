@@ -5,11 +5,17 @@ generation settings, model identity and output-changing backend settings: see
 `SummarizeConfig.model_key`), flushed after every batch: killing the process loses at most the batch in
 flight, and a re-run generates only what is missing. A re-run with everything cached does not
 even load the model.
+
+Every image is checked again before it is read (`msr.data.recheck`): one that was corrupted, replaced
+or deleted after `msr data prepare` is counted (`items_image_<reason>` in the stats) and its item is
+summarized from the text-only prompt, under the text-only key. Once the file is repaired, the item's
+key is the image's again, so its summary with the image is reused (same bytes) or generated.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
@@ -17,6 +23,7 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from msr import schema
+from msr.data.recheck import pixel_cap, recheck_images
 from msr.prompts import Prompt, load_prompt
 from msr.provenance import one_writer
 from msr.rundir import JsonlLog, RunDir, digest, file_sha256, write_parquet
@@ -61,17 +68,26 @@ class ItemPrompts:
         return Request(text, Path(image) if image else None)
 
 
-def _load_items(run: RunDir) -> list[dict]:
+def _load_items(run: RunDir, stage: str) -> tuple[list[dict], Counter]:
+    """The items as records, each image checked again (`recheck_images`): one no longer usable is None, as
+    for an item prepare kept no image for. Also the count of those by `items_image_<reason>`."""
     run.require(schema.ITEMS_FILE)
     items = pd.read_parquet(run.path(schema.ITEMS_FILE))
     items[schema.IMAGE] = items[schema.IMAGE].astype(object).where(items[schema.IMAGE].notna(), None)
-    return items.to_dict("records")
+    records = items.to_dict("records")
+    usable, bad = recheck_images({item[schema.ITEM]: item[schema.IMAGE] for item in records}, stage,
+                                 pixel_cap(run))
+    for item in records:
+        item[schema.IMAGE] = usable.get(item[schema.ITEM])
+    return records, bad
 
 
 def item_keys(run: RunDir, cfg: SummarizeConfig) -> dict[str, str]:
-    """item id -> the cache key its summary has under `cfg` (what later stages look up)."""
+    """item id -> the cache key its summary has under `cfg` (what later stages look up), with each image
+    checked again as `summarize_items` checks it, so both agree on which items are text-only."""
     prompts = ItemPrompts(cfg)
-    return {item[schema.ITEM]: prompts.key(item, _file_digest(item[schema.IMAGE])) for item in _load_items(run)}
+    items, _ = _load_items(run, "item summary keys")
+    return {item[schema.ITEM]: prompts.key(item, _file_digest(item[schema.IMAGE])) for item in items}
 
 
 def load_item_summaries(run: RunDir, cfg: SummarizeConfig) -> dict[str, dict]:
@@ -91,15 +107,15 @@ def summarize_items(cfg: SummarizeConfig, backend: Backend | None = None) -> dic
     """Summarize every item of the run that has no cached summary; return counts."""
     cfg.validate()
     run = RunDir(cfg.run_dir)
-    items = _load_items(run)
-    prompts = ItemPrompts(cfg)
+    prompts = ItemPrompts(cfg)  # the model's identity first: a wrong model path fails before the images are read
+    items, bad_images = _load_items(run, "summarize items")
     cache = JsonlLog(run.path(schema.ITEM_SUMMARIES_FILE), key="key")
     if cache.torn_lines:
         log.warning("dropped a torn last line of %s (an interrupted write)", cache.path)
     keys = [prompts.key(item, _file_digest(item[schema.IMAGE])) for item in items]
     pending = [(key, item) for key, item in zip(keys, items) if key not in cache]
     stats = {"items": len(items), "cached": len(items) - len(pending), "generated": 0,
-             "text_only": sum(1 for _, item in pending if not item[schema.IMAGE]), "empty": 0}
+             "text_only": sum(1 for _, item in pending if not item[schema.IMAGE]), "empty": 0, **bad_images}
     if pending:
         backend = backend or make_backend(cfg, prompts.model)
         step = backend.batch_size
