@@ -1,12 +1,17 @@
-"""`msr evaluate`: scored candidates -> metrics per method, side by side with baselines.
+"""`msr evaluate`: scored candidates -> metrics per method, side by side with baselines, with uncertainty.
 
-Every method is measured on the very same candidates (each example's target and negatives):
-the scored tables of `msr score` (the fine-tuned model, the zero-shot base model, ...) or of any
-other recommender (`msr graph evaluate`: a generic `score` column instead of `p_yes`) and the
-baselines computed here: random (seeded), popularity (interactions of the candidate strictly
-before the example's cutoff, over all users: no leakage from the future) and, for the embedded
-dataset, the oracle of its true preference model. Writes metrics.json, eval_scores.parquet (every
-candidate with every method's score), report.md and roc.png.
+Sampled candidates: every method is measured on the very same candidates (each example's target and
+negatives): the scored tables of `msr score` (the fine-tuned model, the zero-shot base model, ...) or of
+any other recommender (`msr graph evaluate`, `msr baselines evaluate`: a generic `score` column instead of
+`p_yes`) and the baselines computed here: random (seeded), popularity (interactions of the candidate
+strictly before the example's cutoff, over all users: no leakage from the future) and, for the embedded
+dataset, the oracle of its true preference model.
+
+Full ranking (`retrieval`): a retriever's top-K list per example (a retrieval table), ranked by the
+retriever itself and reordered by each reranker (`msr score --candidates`); a target outside the list is
+a miss. Every figure gets a 95% bootstrap interval over users and a paired bootstrap p-value against a
+reference (msr.uncertainty). Writes metrics.json, eval_scores.parquet (every sampled candidate with every
+method's score), report.md and roc.png.
 """
 
 from __future__ import annotations
@@ -18,56 +23,105 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from msr import schema
 from msr.data.sft import candidates
-from msr.metrics import DEFAULT_KS, ranking_metrics, roc_curve
-from msr.provenance import one_writer, require_current
-from msr.rundir import RunDir, atomic_path, write_json, write_parquet
+from msr.metrics import (
+    DEFAULT_KS,
+    example_metrics,
+    full_ranking_metrics,
+    mean_metrics,
+    retrieved_ranks,
+    roc_auc,
+    roc_curve,
+)
+from msr.provenance import one_writer
+from msr.report import model_card_path, report, update_model_card
+from msr.rundir import RunDir, write_json, write_parquet
+from msr.scored import CANDIDATE_KEY, EXAMPLE_KEY, check_producer, read_retrieval, read_scores, retrieved_for
+from msr.uncertainty import LEVEL, PooledAuc, annotate, best_of, bootstrap, mean_statistic, stacked
 
 log = logging.getLogger(__name__)
 METRICS_FILE, EVAL_SCORES_FILE, REPORT_FILE, ROC_FILE = "metrics.json", "eval_scores.parquet", "report.md", "roc.png"
 BASELINES = ("random", "popularity", "oracle")
+REFERENCE_BASELINES = ("random", "popularity")  # the oracle is an upper bound, not a baseline to beat
 _RESERVED = (schema.USER, schema.HISTORY_LEN, schema.CUTOFF_TS, schema.ITEM, schema.LABEL, schema.SCORE)
+
+
+def _pairs(option: str, values: list[str], taken: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+    """Parse name=file values, refusing a missing name, a name given twice or one in `taken`."""
+    pairs: list[tuple[str, str]] = []
+    for value in values:
+        name, _, file = value.partition("=")
+        if not name or not file:
+            raise ValueError(f"{option}: {value!r} is not name=file")
+        if name in taken:
+            raise ValueError(f"{option}: {name!r} is taken by a baseline or a column ({', '.join(taken)}): "
+                             "give the method another name")
+        if name in dict(pairs):
+            raise ValueError(f"{option}: {name!r} is given twice: give each method its own name")
+        pairs.append((name, file))
+    return pairs
 
 
 @dataclass
 class EvaluateConfig:
-    """What to compare, on which split."""
+    """What to compare, on which split, and how sure the comparison is."""
 
     run_dir: str = field(metadata={"help": "Run directory."})
     split: str = field(default="test", metadata={"help": "Examples to evaluate."})
     methods: list[str] = field(default_factory=lambda: ["sft=scores.parquet"], metadata={
         "help": "name=file pairs: scored tables inside the run directory, from `msr score` (p_yes) or "
-                "`msr graph evaluate` (score)."})
+                "`msr graph evaluate` / `msr baselines evaluate` (score)."})
     baselines: list[str] = field(default_factory=lambda: list(BASELINES), metadata={
         "help": f"Any of {', '.join(BASELINES)} (oracle only where truth.json exists)."})
     truth: str | None = field(default=None, metadata={"help": "truth.json of the embedded dataset "
                               "(default: RUN_DIR/raw/truth.json when present)."})
     ks: list[int] = field(default_factory=lambda: list(DEFAULT_KS), metadata={"help": "Cut-offs K."})
-    seed: int = field(default=0, metadata={"help": "Seed of the random baseline."})
+    seed: int = field(default=0, metadata={"help": "Seed of the random baseline and of the bootstrap."})
+    resamples: int = field(default=1000, metadata={
+        "help": "Bootstrap resamples of users for the 95 percent intervals and paired p-values (0: none)."})
+    compare_to: list[str] = field(default_factory=list, metadata={
+        "help": "Methods (names from `methods`) that count as baselines besides random and popularity: the "
+                "best of them all by `compare_metric` is the reference of every p-value."})
+    compare_metric: str = field(default="auc", metadata={
+        "help": "The figure that picks the best baseline (auc, user_auc, hr@K, ndcg@K, mrr@K)."})
+    retrieval: str | None = field(default=None, metadata={
+        "help": "name=file: a retrieval table of the run (a retriever's top-K per example), for full-ranking "
+                "Recall/NDCG@K of the retriever and of `rerank_methods`."})
+    rerank_methods: list[str] = field(default_factory=list, metadata={
+        "help": "name=file pairs: tables that scored the retrieved items (`msr score --candidates`)."})
+    full_ks: list[int] = field(default_factory=lambda: [10, 20], metadata={
+        "help": "Full-ranking cut-offs K (at most the retrieval depth)."})
     model_card: str | None = field(default=None, metadata={
         "help": "A trained model's directory (adapter or merged): its README.md model card gets this "
                 "evaluation's table, replacing the one an earlier evaluation of the same split wrote."})
 
     def validate(self) -> None:
-        """Refuse unknown baselines and method names that would collide in the merged table: a
-        method named like a baseline or a key column would be overwritten or break the merge."""
+        """Refuse unknown baselines, method names that would collide in the merged tables (a method named
+        like a baseline or a key column would be overwritten or break the merge), and options that name
+        nothing evaluated."""
         unknown = set(self.baselines) - set(BASELINES)
         if unknown:
             raise ValueError(f"baselines: {sorted(unknown)} not among {', '.join(BASELINES)}")
-        names: set[str] = set()
-        for method in self.methods:
-            name = method.split("=", 1)[0]
-            if "=" not in method or not name:
-                raise ValueError(f"methods: {method!r} is not name=file")
-            if name in BASELINES + _RESERVED:
-                raise ValueError(f"methods: {name!r} is taken by a baseline or a column "
-                                 f"({', '.join(BASELINES + _RESERVED)}): give the method another name")
-            if name in names:
-                raise ValueError(f"methods: {name!r} is given twice: give each method its own name")
-            names.add(name)
+        names = [name for name, _ in _pairs("methods", self.methods, BASELINES + _RESERVED)]
+        if self.resamples < 0:
+            raise ValueError("resamples must be >= 0 (0: no intervals or p-values)")
+        stray = sorted(set(self.compare_to) - set(names))
+        if stray:
+            raise ValueError(f"compare_to: {stray} are not among the methods ({', '.join(names) or 'none'})")
+        figures = ["auc", "user_auc"] + [f"{m}@{k}" for m in ("hr", "ndcg", "mrr") for k in self.ks]
+        if self.compare_metric not in figures:
+            raise ValueError(f"compare_metric: {self.compare_metric!r} is not one of {', '.join(figures)}")
+        if self.rerank_methods and not self.retrieval:
+            raise ValueError("rerank_methods: name the retrieval table they reranked (retrieval: name=file)")
+        rerankers = _pairs("rerank_methods", self.rerank_methods, _RESERVED + (schema.RANK,))
+        if self.retrieval:
+            (retriever, _), = _pairs("retrieval", [self.retrieval])
+            if retriever in dict(rerankers):
+                raise ValueError(f"rerank_methods: {retriever!r} names the retriever: give the reranker another name")
+        if not self.full_ks or min(self.full_ks) < 1:
+            raise ValueError("full_ks: cut-offs must be >= 1")
 
 
 def candidate_table(run: RunDir, split: str) -> pd.DataFrame:
@@ -95,53 +149,14 @@ def _oracle(truth_path: Path, table: pd.DataFrame) -> np.ndarray:
                      zip(table[schema.USER], table[schema.ITEM], table[schema.CUTOFF_TS])])
 
 
-def read_scores(path: Path, key: list[str]) -> pd.DataFrame:
-    """A scored table's key columns and its score, renamed SCORE: `p_yes` from `msr score`, or the
-    generic `score` column any other recommender writes (exactly one of the two). Each key must occur
-    once: a duplicate would multiply candidate rows in the merge."""
-    present = [c for c in (schema.P_YES, schema.SCORE) if c in pq.read_schema(path).names]
-    if len(present) != 1:
-        raise ValueError(f"{path}: expected one score column, {schema.P_YES} or {schema.SCORE}; found {present or 'none'}")
-    scored = pd.read_parquet(path, columns=key + present).rename(columns={present[0]: schema.SCORE})
-    duplicated = scored.duplicated(key, keep=False)
-    if duplicated.any():
-        first = scored[duplicated].iloc[0]
-        raise ValueError(f"{path}: {int(duplicated.sum())} rows share their ({', '.join(key)}) with another row "
-                         f"(the first: {', '.join(str(first[c]) for c in key)}): one score per candidate; "
-                         "was the file appended to twice? Score the split again into a fresh file")
-    return scored
-
-
-def check_producer(run: RunDir, file: str) -> None:
-    """Refuse a score table whose producing stage is stale (its examples, summaries, prompts or model
-    changed since it scored, or the table itself was edited), naming the command that redoes it. A table
-    no stage of this run wrote (an external baseline) cannot be checked, and is said to be so."""
-    producers = [name for name, entry in run.manifest()["stages"].items() if file in entry.get("outputs", {})]
-    if not producers:
-        log.warning("%s was not written by a stage of %s: msr cannot tell whether it is current", file, run.root)
-        return
-    for name in producers:
-        command = ("msr graph evaluate" if name.startswith("graph.") else
-                   f"msr score --output {file} (with the model and adapter it scored)")
-        require_current(run, name, command)
-
-
-@one_writer("evaluate")
-def evaluate(cfg: EvaluateConfig) -> dict:
-    """Compute and write every method's metrics; return the metrics mapping."""
-    cfg.validate()
-    if cfg.model_card:
-        model_card_path(cfg.model_card)  # a wrong folder fails before any work, not after it
-    run = RunDir(cfg.run_dir)
-    run.require(schema.EXAMPLES_FILE, schema.INTERACTIONS_FILE)
+def scored_table(run: RunDir, cfg: EvaluateConfig) -> tuple[pd.DataFrame, list[str]]:
+    """The split's sampled candidates with one score column per method and baseline, and their names."""
     table = candidate_table(run, cfg.split)
-    key = [schema.USER, schema.HISTORY_LEN, schema.ITEM]
-    for method in cfg.methods:
-        name, file = method.split("=", 1)
+    for name, file in _pairs("methods", cfg.methods):
         run.require(file)
         check_producer(run, file)
-        scored = read_scores(run.path(file), key).rename(columns={schema.SCORE: name})
-        table = table.merge(scored, on=key, how="left")
+        scored = read_scores(run.path(file), CANDIDATE_KEY).rename(columns={schema.SCORE: name})
+        table = table.merge(scored, on=CANDIDATE_KEY, how="left")
         missing = int(table[name].isna().sum())
         if missing:
             raise ValueError(f"{file} lacks scores for {missing} of {len(table)} {cfg.split} candidates: "
@@ -156,63 +171,116 @@ def evaluate(cfg: EvaluateConfig) -> dict:
         raise FileNotFoundError(f"truth file not found: {truth}")
     if "oracle" in cfg.baselines and truth.exists():
         table["oracle"] = _oracle(truth, table)
-    names = [m.split("=", 1)[0] for m in cfg.methods] + [b for b in BASELINES if b in table.columns]
-    groups = table.groupby([schema.USER, schema.HISTORY_LEN], sort=True)
-    results = {n: ranking_metrics(((g[n].to_numpy(), g[schema.LABEL].to_numpy()) for _, g in groups), cfg.ks)
-               for n in names}
-    out = {"split": cfg.split, "methods": results}
+    return table, [name for name, _ in _pairs("methods", cfg.methods)] + [b for b in BASELINES if b in table.columns]
+
+
+def _with_uncertainty(points: dict[str, dict], statistics: dict, columns: list[str], example_users: np.ndarray,
+                      reference: str | None, cfg: EvaluateConfig) -> dict[str, dict]:
+    """`points` with intervals and p-values against `reference` added (none when resamples is 0)."""
+    if cfg.resamples and points:
+        annotate(points, bootstrap(statistics, example_users, cfg.resamples, cfg.seed), columns, reference)
+    return points
+
+
+def sampled_metrics(table: pd.DataFrame, names: list[str], cfg: EvaluateConfig) -> tuple[dict, dict]:
+    """Every method's figures on the sampled candidates, with intervals and p-values against the best
+    reference baseline (random, popularity and `compare_to`, by `compare_metric`); and how they were got."""
+    if table.empty:
+        raise ValueError(f"split {cfg.split!r} has no examples to evaluate")
+    examples = table.groupby(EXAMPLE_KEY, sort=True).ngroup().to_numpy()
+    example_users = np.zeros(examples.max() + 1, dtype=np.int64)
+    example_users[examples] = pd.factorize(table[schema.USER])[0]
+    labels = table[schema.LABEL].to_numpy()
+    points, statistics, columns = {}, {}, []
+    for name in names:
+        scores = table[name].to_numpy(dtype=np.float64)
+        per_example = example_metrics(scores, labels, examples, cfg.ks)
+        points[name] = mean_metrics(per_example, roc_auc(scores, labels))
+        statistics[name] = stacked(mean_statistic(np.column_stack(list(per_example.values()))),
+                                   PooledAuc(scores, labels, examples))
+        columns = list(per_example) + ["auc"]
+    among = [n for n in (*REFERENCE_BASELINES, *cfg.compare_to) if n in points]
+    reference = best_of(points, among, cfg.compare_metric)
+    how = {"resamples": cfg.resamples, "level": LEVEL, "seed": cfg.seed, "unit": "user", "reference": reference,
+           "reference_metric": cfg.compare_metric, "reference_among": among}
+    return _with_uncertainty(points, statistics, columns, example_users, reference, cfg), how
+
+
+def _reranker_ranks(run: RunDir, name: str, file: str, rows: pd.DataFrame, n_examples: int) -> np.ndarray:
+    """Each example's target rank among its retrieved items by the reranker's scores in `file`, which must
+    score exactly the retrieved items of the split's examples (more would mean another retrieval)."""
+    run.require(file)
+    check_producer(run, file)
+    scored = read_scores(run.path(file), CANDIDATE_KEY).rename(columns={schema.SCORE: name})
+    scored = scored.merge(rows[EXAMPLE_KEY].drop_duplicates(), on=EXAMPLE_KEY)  # this split's examples only
+    merged = rows.merge(scored, on=CANDIDATE_KEY, how="left")
+    missing, extra = int(merged[name].isna().sum()), len(scored) - int(merged[name].notna().sum())
+    if missing or extra:
+        raise ValueError(f"rerank_methods: {file} ({name}) lacks scores for {missing} of {len(rows)} retrieved "
+                         f"items and scores {extra} items that were not retrieved: score the retrieval with "
+                         f"`msr score --split SPLIT --candidates RETRIEVAL --output {file}`")
+    return retrieved_ranks(merged[name].to_numpy(), merged[schema.LABEL].to_numpy(), merged["_example"].to_numpy(),
+                           n_examples)
+
+
+def full_ranking(run: RunDir, cfg: EvaluateConfig) -> dict:
+    """Recall/NDCG@K over the whole catalog via the retrieval table: the retriever by its own ranks, each
+    reranker by its scores of the retrieved items; a target outside the list is a miss. Every example of
+    the split must have a retrieved list, and every K must be within the retrieval depth."""
+    (retriever, file), = _pairs("retrieval", [cfg.retrieval])
+    examples = pd.read_parquet(run.path(schema.EXAMPLES_FILE))
+    examples = examples[examples[schema.SPLIT] == cfg.split].reset_index(drop=True)
+    rows = retrieved_for(read_retrieval(run, file), examples, file)
+    keys = examples[EXAMPLE_KEY].astype({schema.HISTORY_LEN: "int64"}).assign(_example=range(len(examples)))
+    rows = rows.merge(keys, on=EXAMPLE_KEY)
+    depth = int(rows.groupby("_example").size().max())
+    too_deep = [k for k in cfg.full_ks if k > depth]
+    if too_deep:
+        raise ValueError(f"full_ks: {too_deep} exceed the retrieval depth {depth} of {file}: beyond it every target "
+                         "the retriever did not return would count as a miss; retrieve deeper or lower K")
+    ranks = {retriever: np.full(len(examples), np.inf)}
+    hits = rows[rows[schema.LABEL] == 1]
+    ranks[retriever][hits["_example"].to_numpy()] = hits[schema.RANK].to_numpy(dtype=np.float64)
+    for name, scores_file in _pairs("rerank_methods", cfg.rerank_methods):
+        ranks[name] = _reranker_ranks(run, name, scores_file, rows, len(examples))
+    points, statistics, columns = {}, {}, []
+    for name, rank in ranks.items():
+        per_example = full_ranking_metrics(rank, cfg.full_ks)
+        points[name] = {"examples": len(examples), **{m: float(v.mean()) for m, v in per_example.items()}}
+        statistics[name] = mean_statistic(np.column_stack(list(per_example.values())))
+        columns = list(per_example)
+    methods = _with_uncertainty(points, statistics, columns, pd.factorize(examples[schema.USER])[0], retriever, cfg)
+    return {"retriever": retriever, "file": file, "depth": depth, "examples": len(examples), "ks": list(cfg.full_ks),
+            "target_retrieved": float(np.isfinite(ranks[retriever]).mean()), "methods": methods}
+
+
+def _negatives(table: pd.DataFrame) -> list[int]:
+    """The fewest and most sampled negatives an example has."""
+    sizes = table.groupby(EXAMPLE_KEY).size() - 1
+    return [int(sizes.min()), int(sizes.max())]
+
+
+@one_writer("evaluate")
+def evaluate(cfg: EvaluateConfig) -> dict:
+    """Compute and write every method's metrics; return the metrics mapping."""
+    cfg.validate()
+    if cfg.model_card:
+        model_card_path(cfg.model_card)  # a wrong folder fails before any work, not after it
+    run = RunDir(cfg.run_dir)
+    run.require(schema.EXAMPLES_FILE, schema.INTERACTIONS_FILE)
+    table, names = scored_table(run, cfg)
+    methods, how = sampled_metrics(table, names, cfg)
+    out = {"split": cfg.split, "methods": methods, "negatives": _negatives(table), "uncertainty": how}
+    if cfg.retrieval:
+        out["full_ranking"] = full_ranking(run, cfg)
     write_json(run.path(METRICS_FILE), out)
     write_parquet(run.path(EVAL_SCORES_FILE), pa.Table.from_pandas(table, preserve_index=False))
     _plot_roc(run.path(ROC_FILE), table, names)
     run.path(REPORT_FILE).write_text(report(out, cfg.ks), encoding="utf-8")
     if cfg.model_card:
         update_model_card(cfg.model_card, out, cfg.ks, run.root)
-    log.info("evaluate: %s", {n: round(r["auc"], 4) for n, r in results.items()})
+    log.info("evaluate: %s", {n: round(r["auc"], 4) for n, r in methods.items()})
     return out
-
-
-def report(metrics: dict, ks: list[int]) -> str:
-    """A Markdown table of every method side by side."""
-    columns = ["auc", "user_auc"] + [f"{m}@{k}" for m in ("hr", "ndcg", "mrr") for k in ks]
-    methods = metrics["methods"]
-    users = next(iter(methods.values()))["users"] if methods else 0
-    lines = [f"# Evaluation: {metrics['split']} split, {users} users, 1 positive + N negatives each", "",
-             "| method | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
-    for name, values in methods.items():
-        lines.append(f"| {name} | " + " | ".join(f"{values[c]:.4f}" for c in columns) + " |")
-    lines += ["", ("AUC pools all candidate pairs; user_auc averages each user's AUC. Ties rank the positive below "
-                   "the negatives it ties with. ROC curves: roc.png."), ""]
-    return "\n".join(lines)
-
-
-def model_card_path(model_dir: str | Path) -> Path:
-    """The model card of a trained model's folder, which must exist (recipes/sft.py writes it)."""
-    card = Path(model_dir) / schema.MODEL_CARD_FILE
-    if not card.is_file():
-        raise FileNotFoundError(f"{card} not found: model_card must be a folder written by recipes/sft.py "
-                                "(or msr quickstart)")
-    return card
-
-
-def update_model_card(model_dir: str | Path, metrics: dict, ks: list[int], run_dir: str | Path = "") -> Path:
-    """Put this split's evaluation table into the model card (README.md) of ``model_dir``, between
-    markers, so re-evaluating replaces it and the rest of the card stays as training wrote it."""
-    card = model_card_path(model_dir)
-    begin, end = f"<!-- msr evaluate {metrics['split']} -->", f"<!-- /msr evaluate {metrics['split']} -->"
-    source = f"From `msr evaluate` on the run `{run_dir}` (its report.md, metrics.json and roc.png).\n\n" if run_dir else ""
-    section = f"{begin}\n## {report(metrics, ks).removeprefix('# ')}{source}{end}\n"
-    text = card.read_text(encoding="utf-8")
-    start, stop = text.find(begin), text.find(end)
-    if (start < 0) != (stop < 0) or stop < start:
-        raise ValueError(f"{card}: the markers {begin} ... {end} are incomplete or out of order; repair or "
-                         "remove them by hand")
-    if start >= 0:
-        text = text[:start] + section + text[stop + len(end):].removeprefix("\n")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    with atomic_path(card) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-    return card
 
 
 def _plot_roc(path: Path, table: pd.DataFrame, names: list[str]) -> None:

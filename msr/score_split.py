@@ -1,7 +1,9 @@
 """`msr score`: P(Yes) for every candidate of every example of a split -> a scores table.
 
-The question is the one training asked: the prompt settings come from the run's `data.sft`
-stage. Results are appended per example and flushed to shards named by a fingerprint of the
+The candidates are each example's target and sampled negatives, or, with `--candidates`, the items a
+retriever returned for it (a retrieval table: retrieve-then-rerank, evaluated by full ranking in
+`msr evaluate --retrieval`). The question is the one training asked: the prompt settings come from the
+run's `data.sft` stage. Results are appended per example and flushed to shards named by a fingerprint of the
 model, adapter and settings, so an interrupted run resumes and a changed model starts afresh. Under
 `accelerate launch` each process scores every n-th example into its own shard and the main
 process merges them.
@@ -25,6 +27,7 @@ from msr.models import load_model, model_identity, resolve_device
 from msr.provenance import Stage, one_writer, require_current, stage_config
 from msr.rundir import JsonlLog, RunDir, write_parquet
 from msr.score import Scorer
+from msr.scored import EXAMPLE_KEY, read_retrieval, retrieved_for
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,11 @@ class ScoreConfig:
     load_in_4bit: bool = field(default=False, metadata={"help": "Load the base model in 4 bits."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Run code shipped with the checkpoint."})
     max_pixels: int | None = field(default=None, metadata={"help": "As in training (Qwen2-VL family)."})
+    candidates: str | None = field(default=None, metadata={
+        "help": "A retrieval table inside the run directory (user_id, history_len, item_id, score, rank: a "
+                "retriever's top-K items per example, from `msr baselines evaluate` or `msr graph evaluate`): "
+                "score each example's retrieved items instead of its sampled negatives; label 1 where the item "
+                "is the example's target (an example whose target was not retrieved has no positive)."})
 
     def validate(self) -> None:
         if self.split not in schema.SPLITS:
@@ -74,7 +82,26 @@ def score_stage(run: RunDir, cfg: ScoreConfig, settings: SftDataConfig) -> Stage
     config = {"model": cfg.model, "adapter": cfg.adapter, "dtype": cfg.dtype, "load_in_4bit": cfg.load_in_4bit,
               "max_pixels": cfg.max_pixels, "prompt_settings": stage_config(settings)}
     values = {"model": model_identity(cfg.model), "adapter": model_identity(cfg.adapter) if cfg.adapter else None}
-    return Stage(run, f"score.{cfg.output}", config, question_inputs(run, settings), values, outputs=[cfg.output])
+    inputs = question_inputs(run, settings)
+    if cfg.candidates:  # by content: a new retrieval is scored afresh
+        inputs["candidates"] = run.path(cfg.candidates)
+    return Stage(run, f"score.{cfg.output}", config, inputs, values, outputs=[cfg.output])
+
+
+def _example_key(user: str, history_len: int) -> str:
+    """How a shard record names its example."""
+    return f"{user}:{history_len}"
+
+
+def example_candidates(run: RunDir, cfg: ScoreConfig, examples: pd.DataFrame) -> dict[str, list[tuple[str, int]]]:
+    """(item, label) pairs to score per example key: the target and its sampled negatives, or the example's
+    retrieved items in rank order (`cfg.candidates`, whose producer must be current and which must list
+    every example)."""
+    if not cfg.candidates:
+        return {_example_key(e[schema.USER], e[schema.HISTORY_LEN]): candidates(e) for e in examples.to_dict("records")}
+    rows = retrieved_for(read_retrieval(run, cfg.candidates), examples, cfg.candidates)
+    return {_example_key(user, history_len): list(zip(group[schema.ITEM], group[schema.LABEL].tolist()))
+            for (user, history_len), group in rows.groupby(EXAMPLE_KEY, sort=False)}
 
 
 @one_writer(lambda cfg: f"score.{cfg.output}.{os.environ.get('RANK', '0')}")  # one lock per process rank
@@ -96,27 +123,30 @@ def score_split(cfg: ScoreConfig) -> pd.DataFrame:
     stage = score_stage(run, cfg, settings)
     prompts = CandidatePrompts(run, settings)
     examples = pd.read_parquet(run.path(schema.EXAMPLES_FILE))
-    examples = examples[examples[schema.SPLIT] == cfg.split].head(cfg.max_examples).to_dict("records")
+    examples = examples[examples[schema.SPLIT] == cfg.split].head(cfg.max_examples)
+    to_score = example_candidates(run, cfg, examples)
+    examples = examples.to_dict("records")
     stem = f"{cfg.output.removesuffix('.parquet')}.{stage.fingerprint()[:12]}"
     shard = JsonlLog(run.path(f"{stem}.{state.process_index}.jsonl"), key="key")
     mine = [e for n, e in enumerate(examples) if n % state.num_processes == state.process_index]
-    todo = [e for e in mine if f"{e[schema.USER]}:{e[schema.HISTORY_LEN]}" not in shard]
+    todo = [e for e in mine if _example_key(e[schema.USER], e[schema.HISTORY_LEN]) not in shard]
     if todo:
         device = str(state.device) if state.num_processes > 1 else cfg.device
         loaded = load_model(cfg.model, cfg.dtype, device, cfg.load_in_4bit, cfg.trust_remote_code,
                             max_pixels=cfg.max_pixels, adapter=cfg.adapter)
         scorer = Scorer(loaded, cfg.prefix_reuse, cfg.batch_size)
         for e in tqdm(todo, desc=f"scoring {cfg.split}", unit="example", disable=not state.is_local_main_process):
-            items = candidates(e)
+            key = _example_key(e[schema.USER], e[schema.HISTORY_LEN])
+            items = to_score[key]
             asked = [prompts.messages(e[schema.USER], e[schema.HISTORY_LEN], item) for item, _ in items]
             p_yes = scorer.score([m for m, _ in asked], [image for _, image in asked])
-            shard.append([{"key": f"{e[schema.USER]}:{e[schema.HISTORY_LEN]}", schema.USER: e[schema.USER],
+            shard.append([{"key": key, schema.USER: e[schema.USER],
                            schema.HISTORY_LEN: int(e[schema.HISTORY_LEN]), "items": [i for i, _ in items],
                            "labels": [label for _, label in items], schema.P_YES: p_yes.tolist()}])
     state.wait_for_everyone()
     if not state.is_main_process:
         return pd.DataFrame()
-    wanted = {f"{e[schema.USER]}:{e[schema.HISTORY_LEN]}" for e in examples}
+    wanted = {_example_key(e[schema.USER], e[schema.HISTORY_LEN]) for e in examples}
     records = {}
     for rank in range(state.num_processes):
         records.update(JsonlLog(run.path(f"{stem}.{rank}.jsonl"), key="key").records)

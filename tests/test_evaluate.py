@@ -21,8 +21,16 @@ from msr.evaluate import (
     update_model_card,
 )
 from msr.metrics import roc_curve
+from msr.provenance import Stage
 from msr.rundir import RunDir, write_parquet
 from msr.score_split import ScoreConfig, score_split
+from test_score_split import write_retrieval
+
+KEY = [schema.USER, schema.HISTORY_LEN, schema.ITEM]
+
+
+def _write(run: Path, file: str, table: pd.DataFrame) -> None:
+    write_parquet(run / file, pa.Table.from_pandas(table, preserve_index=False))
 
 
 def test_popularity_counts_only_the_past(tmp_path: Path) -> None:
@@ -125,3 +133,110 @@ def test_the_model_card_gets_the_table_once(tmp_path: Path) -> None:
     card.write_text(text.replace("<!-- msr evaluate test -->", ""), encoding="utf-8")  # a hand-broken card
     with pytest.raises(ValueError, match="incomplete or out of order"):
         update_model_card(tmp_path, metrics, [1])
+
+
+def test_intervals_and_p_values_against_the_best_baseline(tiny_run: dict) -> None:
+    run = Path(tiny_run["run"])
+    table = candidate_table(RunDir(run), "test")
+    popular = table[KEY].assign(**{schema.SCORE: popularity_before(RunDir(run), table)})
+    _write(run, "same.parquet", popular)  # popularity's very scores under another name
+    _write(run, "best.parquet", table[KEY].assign(**{schema.SCORE: table[schema.LABEL] + 0.0}))  # target first
+    cfg = EvaluateConfig(run_dir=str(run), methods=["same=same.parquet", "best=best.parquet"], resamples=200,
+                         baselines=["random", "popularity"])
+    out = evaluate(cfg)
+    how, methods = out["uncertainty"], out["methods"]
+    assert how["reference_among"] == ["random", "popularity"] and how["reference_metric"] == "auc"
+    assert how["reference"] == max(["random", "popularity"], key=lambda n: methods[n]["auc"])
+    for name, figures in methods.items():
+        assert set(figures["ci"]) == set(figures) - {"users", "ci", "compared_to", "p_value"}
+        assert all(lo <= figures[m] <= hi for m, (lo, hi) in figures["ci"].items())
+    if how["reference"] == "popularity":
+        assert set(methods["same"]["p_value"].values()) == {1.0}  # identical on every user
+    assert methods["best"]["compared_to"] == how["reference"] and methods["best"]["p_value"]["auc"] == 1 / 201
+    assert "p_value" not in methods[how["reference"]]
+    report = (run / "report.md").read_text()
+    assert f"### p-values against {how['reference']}" in report and "<= 0.005" in report
+    cfg.compare_to, cfg.compare_metric = ["best"], "ndcg@10"  # a listed method that beats both baselines
+    assert evaluate(cfg)["uncertainty"]["reference"] == "best"
+    cfg.resamples = 0
+    out = evaluate(cfg)
+    assert all("ci" not in figures and "p_value" not in figures for figures in out["methods"].values())
+    assert "No intervals or p-values (resamples 0)." in (run / "report.md").read_text()
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"compare_to": ["nobody"]}, "compare_to: .* not among the methods"),
+    ({"compare_metric": "ndcg@7"}, "compare_metric: 'ndcg@7' is not one of"),
+    ({"resamples": -1}, "resamples must be >= 0"),
+    ({"rerank_methods": ["sft=r.parquet"]}, "name the retrieval table"),
+    ({"retrieval": "pop=r.parquet", "rerank_methods": ["pop=s.parquet"]}, "names the retriever"),
+    ({"retrieval": "r.parquet"}, "not name=file"),
+])
+def test_options_naming_nothing_evaluated_are_refused(changes: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        EvaluateConfig(run_dir="unused", **changes).validate()
+
+
+def test_full_ranking_of_a_retriever_and_its_rerankers(tiny_run: dict) -> None:
+    run = Path(tiny_run["run"])
+    retrieval = write_retrieval(run)  # depth 5; the target at rank 2 in half the examples, absent in the others
+    examples = pd.read_parquet(run / schema.EXAMPLES_FILE)
+    target = retrieval.merge(examples, on=[schema.USER, schema.HISTORY_LEN])[schema.TARGET] == retrieval[schema.ITEM]
+    _write(run, "perfect.parquet", retrieval[KEY].assign(**{schema.SCORE: target.astype(float)}))  # target first
+    _write(run, "constant.parquet", retrieval[KEY].assign(**{schema.P_YES: 0.5}))  # ties: the target ranks last
+    out = evaluate(EvaluateConfig(run_dir=str(run), methods=[], baselines=["popularity"], retrieval="pop=retrieval.parquet",
+                                  rerank_methods=["perfect=perfect.parquet", "constant=constant.parquet"],
+                                  full_ks=[1, 5], resamples=200))
+    full = out["full_ranking"]
+    assert (full["retriever"], full["depth"], full["examples"], full["target_retrieved"]) == ("pop", 5, 40, 0.5)
+    pop, perfect, constant = (full["methods"][n] for n in ("pop", "perfect", "constant"))
+    assert (pop["recall@1"], pop["recall@5"]) == (0, 0.5) and pop["ndcg@5"] == pytest.approx(0.5 / np.log2(3))
+    assert perfect["recall@1"] == perfect["recall@5"] == perfect["ndcg@5"] == 0.5  # the share retrieved, exactly
+    assert (constant["recall@1"], constant["recall@5"]) == (0, 0.5) and constant["ndcg@5"] == pytest.approx(0.5 / np.log2(6))
+    assert perfect["compared_to"] == "pop" and perfect["p_value"]["recall@1"] == 1 / 201 and "p_value" not in pop
+    assert perfect["ci"]["recall@5"][0] < 0.5 < perfect["ci"]["recall@5"][1]
+    assert json.loads((run / "metrics.json").read_text())["full_ranking"] == full
+    report = (run / "report.md").read_text()
+    sampled, full_section = report.split("## Full ranking")
+    assert "## Sampled candidates: 1 positive + 5 negatives per example" in sampled and "| popularity |" in sampled
+    assert "pop's top 5, reranked" in full_section and "a miss at every K" in full_section
+    assert "| pop (retriever) | 0.0000 [0.0000, 0.0000] |" in full_section and "| perfect |" in full_section
+    assert "### p-values against pop" in full_section
+
+
+def test_full_ranking_refuses_what_it_cannot_rank(tiny_run: dict) -> None:
+    run = Path(tiny_run["run"])
+    retrieval = write_retrieval(run)
+    _write(run, "rerank.parquet", retrieval[KEY].iloc[1:].assign(**{schema.SCORE: 1.0}))
+    cfg = EvaluateConfig(run_dir=str(run), methods=[], baselines=["random"], retrieval="pop=retrieval.parquet",
+                         rerank_methods=["r=rerank.parquet"], full_ks=[5], resamples=0)
+    with pytest.raises(ValueError, match=r"rerank.parquet \(r\) lacks scores for 1 of 200 retrieved items"):
+        evaluate(cfg)
+    cfg.rerank_methods, cfg.full_ks = [], [10]
+    with pytest.raises(ValueError, match=r"full_ks: \[10\] exceed the retrieval depth 5 of retrieval.parquet"):
+        evaluate(cfg)
+    cfg.full_ks = [5]
+    _write(run, "retrieval.parquet", retrieval.iloc[5:])  # the first example's list is gone
+    with pytest.raises(ValueError, match="retrieval.parquet: 1 of 40 examples have no retrieved items"):
+        evaluate(cfg)
+    _write(run, "retrieval.parquet", retrieval)
+    Stage(RunDir(run), "baselines.popularity", {}, outputs=["retrieval.parquet"]).commit()
+    _write(run, "retrieval.parquet", retrieval.iloc[::-1])  # edited after its stage wrote it
+    with pytest.raises(ValueError, match=r"baselines.popularity is not current .* `msr baselines evaluate"):
+        evaluate(cfg)
+
+
+def test_a_reranker_scored_by_msr_score_is_stale_when_the_retrieval_changes(tiny_run: dict) -> None:
+    run = Path(tiny_run["run"])
+    write_sft_rows(SftDataConfig(run_dir=str(run), user_summary=False, candidate_summary=False, splits=["train"]))
+    write_retrieval(run)
+    score_split(ScoreConfig(run_dir=str(run), model=tiny_run["vlm"], device="cpu", dtype="float32",
+                            candidates="retrieval.parquet", output="rerank.parquet"))
+    cfg = EvaluateConfig(run_dir=str(run), methods=[], baselines=["random"], retrieval="pop=retrieval.parquet",
+                         rerank_methods=["sft=rerank.parquet"], full_ks=[1, 5], resamples=50)
+    full = evaluate(cfg)["full_ranking"]
+    assert 0 <= full["methods"]["sft"]["recall@1"] <= full["methods"]["sft"]["recall@5"] == 0.5
+    write_retrieval(run, reverse=True)
+    with pytest.raises(ValueError, match=r"score.rerank.parquet is not current \(input candidates .* changed\); "
+                                         r"re-run `msr score --output rerank.parquet --candidates retrieval.parquet"):
+        evaluate(cfg)

@@ -61,3 +61,39 @@ def test_bad_groups_are_errors() -> None:
         metrics.positive_rank(np.array([0.1, 0.2]), np.array([1, 1]))
     with pytest.raises(ValueError, match="no users"):
         metrics.ranking_metrics([])
+
+
+def test_vectorised_metrics_equal_the_scalar_definitions() -> None:
+    rng = np.random.default_rng(0)
+    sizes = rng.integers(2, 8, 30)
+    groups = np.repeat(np.arange(30), sizes)
+    scores = rng.integers(0, 4, len(groups)).astype(float)  # many ties with the positive
+    labels = np.concatenate([np.r_[1, np.zeros(n - 1, dtype=int)] for n in sizes])
+    shuffle = rng.permutation(len(groups))  # an example's candidates need not be contiguous
+    out = metrics.example_metrics(scores[shuffle], labels[shuffle], groups[shuffle], ks=(1, 3))
+    for g in range(30):
+        s, y = scores[groups == g], labels[groups == g]
+        rank = metrics.positive_rank(s, y)
+        assert out["hr@3"][g] == metrics.hit_rate(rank, 3) and out["mrr@1"][g] == metrics.mrr(rank, 1)
+        assert out["ndcg@3"][g] == pytest.approx(metrics.ndcg(rank, 3))
+        assert out["user_auc"][g] == pytest.approx(metrics.roc_auc(s, y))
+
+
+def test_non_finite_scores_are_refused() -> None:
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        metrics.example_metrics(np.array([np.nan, 0.1]), np.array([1, 0]), np.array([0, 0]))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        metrics.retrieved_ranks(np.array([np.inf, 0.1]), np.array([1, 0]), np.array([0, 0]), 1)
+
+
+def test_full_ranking_hand_computed() -> None:
+    out = metrics.full_ranking_metrics(np.array([1, 3, np.inf, 11]), ks=(1, 10))  # inf: not retrieved
+    assert out["recall@1"].tolist() == [1, 0, 0, 0] and out["recall@10"].tolist() == [1, 1, 0, 0]
+    assert out["ndcg@10"].tolist() == pytest.approx([1, 0.5, 0, 0])
+
+
+def test_retrieved_ranks_tie_against_the_target_and_miss_when_not_retrieved() -> None:
+    scores = np.array([0.5, 0.5, 0.9, 0.1, 0.2, 0.3])
+    labels = np.array([1, 0, 0, 0, 0, 0])  # example 0: target tied with one item, below another; example 1: absent
+    groups = np.array([0, 0, 0, 1, 1, 1])
+    assert metrics.retrieved_ranks(scores, labels, groups, 2).tolist() == [3, np.inf]

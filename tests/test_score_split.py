@@ -10,11 +10,32 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from msr import schema
 from msr.data.sft import SftDataConfig, write_sft_rows
+from msr.rundir import write_parquet
 from msr.score_split import ScoreConfig, score_split
+
+
+def write_retrieval(run: Path, file: str = "retrieval.parquet", depth: int = 5, reverse: bool = False) -> pd.DataFrame:
+    """A hand-made retrieval table for the test split: per example, `depth` items outside its history in item-id
+    order (reversed with `reverse`), with its target at rank 2 in every other example (examples 0, 2, 4, ...)
+    and nowhere in the others."""
+    examples = pd.read_parquet(run / schema.EXAMPLES_FILE)
+    examples = examples[examples[schema.SPLIT] == schema.TEST].reset_index(drop=True)
+    sequences = pd.read_parquet(run / schema.INTERACTIONS_FILE).groupby(schema.USER)[schema.ITEM].agg(list)
+    catalog = sorted(pd.read_parquet(run / schema.ITEMS_FILE)[schema.ITEM], reverse=reverse)
+    rows = []
+    for n, e in enumerate(examples.to_dict("records")):
+        seen = set(sequences[e[schema.USER]][:e[schema.HISTORY_LEN]]) | {e[schema.TARGET]}
+        others = [item for item in catalog if item not in seen][:depth]
+        items = [others[0], e[schema.TARGET], *others[1:depth - 1]] if n % 2 == 0 else others
+        rows += [(e[schema.USER], e[schema.HISTORY_LEN], item, float(depth - r), r + 1) for r, item in enumerate(items)]
+    table = pd.DataFrame(rows, columns=[schema.USER, schema.HISTORY_LEN, schema.ITEM, schema.SCORE, schema.RANK])
+    write_parquet(run / file, pa.Table.from_pandas(table, preserve_index=False))
+    return table
 
 
 @pytest.fixture
@@ -62,6 +83,45 @@ def test_a_changed_adapter_is_scored_afresh(scored_run: dict, tmp_path: Path) ->
     changed = score_split(cfg)
     assert len(list(run.glob("scores.*.0.jsonl"))) == 2  # a second fingerprint, not the old records
     assert not np.allclose(changed[schema.P_YES], base[schema.P_YES])
+
+
+def test_scores_the_retrieved_items_and_a_new_retrieval_afresh(scored_run: dict) -> None:
+    run = Path(scored_run["run"])
+    retrieval = write_retrieval(run)
+    cfg = ScoreConfig(run_dir=str(run), model=scored_run["vlm"], device="cpu", dtype="float32",
+                      candidates="retrieval.parquet", output="rerank.parquet", max_examples=6)
+    table = score_split(cfg)
+    assert list(table.columns) == [schema.USER, schema.HISTORY_LEN, schema.ITEM, schema.LABEL, schema.P_YES]
+    key = [schema.USER, schema.HISTORY_LEN, schema.ITEM]
+    first_six = retrieval.iloc[:30][key].sort_values(key).reset_index(drop=True)  # 6 examples x 5 items
+    assert table[key].sort_values(key).reset_index(drop=True).equals(first_six)
+    examples = pd.read_parquet(run / schema.EXAMPLES_FILE)
+    targets = dict(zip(zip(examples[schema.USER], examples[schema.HISTORY_LEN]), examples[schema.TARGET]))
+    assert table[schema.LABEL].tolist() == [int(targets[(u, h)] == i) for u, h, i in zip(*(table[c] for c in key))]
+    positives = table.groupby([schema.USER, schema.HISTORY_LEN])[schema.LABEL].sum()
+    assert sorted(positives.value_counts().to_dict().items()) == [(0, 3), (1, 3)]  # half the targets retrieved
+    write_retrieval(run, reverse=True)  # another retrieval: scored afresh, not served from the old records
+    again = score_split(cfg)
+    assert len(list(run.glob("rerank.*.0.jsonl"))) == 2
+    assert set(again[schema.ITEM]) != set(table[schema.ITEM])
+
+
+def test_a_retrieval_table_must_list_every_example_and_be_well_formed(scored_run: dict) -> None:
+    run = Path(scored_run["run"])
+    retrieval = write_retrieval(run)
+    cfg = ScoreConfig(run_dir=str(run), model=scored_run["vlm"], device="cpu", candidates="retrieval.parquet")
+    first_two = retrieval[schema.USER].isin(retrieval[schema.USER].unique()[:2])
+    write_parquet(run / "retrieval.parquet", pa.Table.from_pandas(retrieval[~first_two], preserve_index=False))
+    with pytest.raises(ValueError, match=r"retrieval.parquet: 2 of 40 examples have no retrieved items"):
+        score_split(cfg)
+    write_parquet(run / "retrieval.parquet", pa.Table.from_pandas(retrieval.drop(columns=schema.RANK),
+                                                                  preserve_index=False))
+    with pytest.raises(ValueError, match="not a retrieval table, it lacks rank"):
+        score_split(cfg)
+    twice = pd.concat([retrieval, retrieval.iloc[[0]].assign(**{schema.RANK: 99})])
+    write_parquet(run / "retrieval.parquet", pa.Table.from_pandas(twice, preserve_index=False))
+    with pytest.raises(ValueError, match=r"2 rows share their \(user_id, history_len, item_id\)"):
+        score_split(cfg)
 
 
 @pytest.mark.slow
