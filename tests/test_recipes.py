@@ -27,6 +27,7 @@ import pytest
 import torch
 import yaml
 
+from msr.baselines.config import BaselineConfig
 from msr.config import parse_config
 from msr.data.prepare import PrepareConfig
 from msr.data.sft import SftDataConfig, write_sft_rows
@@ -43,6 +44,7 @@ STAGES = {
     "data": (PrepareConfig, ("msr data prepare",)),
     "summarize": (SummarizeConfig, ("msr summarize items", "msr summarize users")),
     "graph": (GraphConfig, ("msr graph train", "msr graph evaluate")),
+    "baselines": (BaselineConfig, ("msr baselines train", "msr baselines evaluate")),
 }
 ALL_YAML = sorted(RECIPES.glob("*/*.yaml"))
 STAGE_YAML = [p for p in ALL_YAML if p.parent != ACCELERATE]
@@ -62,8 +64,8 @@ def _first_line(path: Path) -> str:
 
 
 def _stage(path: Path) -> str | None:
-    if path.parent == RECIPES / "graph":
-        return "graph"
+    if path.parent in (RECIPES / "graph", RECIPES / "baselines"):
+        return path.parent.name
     for prefix in sorted(STAGES, key=len, reverse=True):
         if path.stem == prefix or path.stem.startswith(prefix + "_"):
             return prefix

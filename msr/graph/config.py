@@ -44,13 +44,17 @@ class GraphConfig:
     seed: int = field(default=0, metadata={"help": "Seed (>= 0) of the initial weights, the order and the negatives."})
     output: str = field(default="graph_scores.parquet", metadata={"help": "Scored candidates of the valid and "
                         "test examples, for `msr evaluate --methods graph=FILE`."})
+    retrieve_k: int = field(default=50, metadata={"help": "Items per example in the retrieval table."})
+    retrieval: str = field(default="graph_retrieval.parquet", metadata={"help": "The top retrieve_k items of every "
+                           "valid and test example (history masked, the target not forced in): user_id, history_len, "
+                           "item_id, score, rank."})
     force: bool = field(default=False, metadata={"help": "Redo even if the outputs are current; train starts "
                         "from scratch, dropping an interrupted run's checkpoint instead of resuming it."})
 
     def validate(self) -> None:
         """Refuse settings that would crash mid-run or train on nothing, before any work starts."""
         for name in ("encode_batch_size", "knn_k", "hidden_dim", "embed_dim", "batch_size", "max_epochs",
-                     "patience", "stop_k"):
+                     "patience", "stop_k", "retrieve_k"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("history_titles", "knn_jac", "seed"):
@@ -60,5 +64,7 @@ class GraphConfig:
             raise ValueError("learning_rate must be > 0")
         if not self.ks or min(self.ks) < 1:
             raise ValueError(f"ks must be cut-offs >= 1, got {self.ks}")
+        if self.retrieval == self.output:
+            raise ValueError(f"output and retrieval are the same file ({self.output})")
         if not (self.user_summary or self.history_titles):
             raise ValueError("the user text would be empty: keep user_summary on or set history_titles > 0")

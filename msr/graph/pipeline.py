@@ -2,13 +2,16 @@
 
 train: embed item and user texts (cached), build the item-item graph from training interactions,
 fit the towers with early stopping on validation Recall@stop_k. evaluate: full-ranking Recall@K
-and NDCG@K on valid and test (history masked) -> graph/metrics.json, and a score for every
+and NDCG@K on valid and test (history masked) -> graph/metrics.json, a score for every
 candidate of the valid and test examples (the very candidates `msr score` scores) ->
-graph_scores.parquet, for `msr evaluate --methods graph=graph_scores.parquet`. Both stages skip
+graph_scores.parquet, for `msr evaluate --methods graph=graph_scores.parquet`, and the top
+retrieve_k items of every valid and test example (history masked, the target not forced in) ->
+graph_retrieval.parquet, so the graph recommender can serve as a retriever. Both stages skip
 themselves when their outputs are current for the same settings and inputs.
 
 Files in the run directory: graph/embeddings/ (cache), graph/item_graph.npz (scipy sparse),
-graph/model.safetensors, graph/state.json (training record), graph/metrics.json, the output.
+graph/model.safetensors, graph/state.json (training record), graph/metrics.json, the output and
+the retrieval table.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from msr.graph.data import (
 )
 from msr.graph.encode import embed_texts, encoder_key, resolve_encoder
 from msr.graph.model import MODEL_FILE, STATE_FILE, Pairs, Towers, fit, init_towers
-from msr.graph.ranking import recall_ndcg, target_ranks
+from msr.graph.ranking import dot_scorer, rank_all, recall_ndcg, retrieval_table, target_ranks
 from msr.models import resolve_device
 from msr.provenance import Stage, one_writer, stage_config
 from msr.rundir import RunDir, atomic_path, write_json, write_parquet
@@ -48,7 +51,7 @@ TRAIN_STAGE, EVAL_STAGE = "graph.train", "graph.evaluate"
 GRAPH_DIR = "graph"
 EMBEDDINGS_DIR, GRAPH_FILE, METRICS_FILE = "graph/embeddings", "graph/item_graph.npz", "graph/metrics.json"
 # settings that change neither the model nor its scores
-_NOT_HASHED = ("run_dir", "force", "device", "encode_batch_size", "output", "ks")
+_NOT_HASHED = ("run_dir", "force", "device", "encode_batch_size", "output", "ks", "retrieve_k", "retrieval")
 
 
 @dataclass
@@ -76,8 +79,9 @@ def train_stage(cfg: GraphConfig, run: RunDir) -> Stage:
 def eval_stage(cfg: GraphConfig, run: RunDir, trained: Stage) -> Stage:
     """What the scores depend on: the trained model (its files, by content) and the same inputs."""
     inputs = {**trained.inputs, **{out: run.path(out) for out in trained.outputs}}
-    return Stage(run, EVAL_STAGE, {**trained.config, "ks": cfg.ks, "output": cfg.output}, inputs, trained.values,
-                 outputs=[cfg.output, METRICS_FILE])
+    settings = {"ks": cfg.ks, "output": cfg.output, "retrieve_k": cfg.retrieve_k, "retrieval": cfg.retrieval}
+    return Stage(run, EVAL_STAGE, {**trained.config, **settings}, inputs, trained.values,
+                 outputs=[cfg.output, cfg.retrieval, METRICS_FILE])
 
 
 def embed(cfg: GraphConfig, run: RunDir, data: RunData) -> Features:
@@ -190,20 +194,23 @@ def evaluate_graph(cfg: GraphConfig) -> dict:
     towers.to(device).eval()
     state = json.loads(run.path(f"{GRAPH_DIR}/{STATE_FILE}").read_text(encoding="utf-8"))
     metrics: dict = {"encoder": cfg.encoder, "best_epoch": state["best_epoch"], "edges": int(graph.nnz)}
-    scored = []
+    scored, retrieved = [], []
     with torch.no_grad():
         item_vecs = towers.item(torch.as_tensor(propagate(graph, features.items), device=device))
         for split in (schema.VALID, schema.TEST):
             rows = _split_rows(data, split)
             user_vecs = towers.user(torch.as_tensor(features.users[rows.index.to_numpy()], device=device))
-            ranks = target_ranks(user_vecs, item_vecs, rows["target_code"].to_numpy(), _history(data, rows))
-            metrics[split] = recall_ndcg(ranks, cfg.ks)
+            ranking = rank_all(dot_scorer(user_vecs, item_vecs), _history(data, rows), rows["target_code"].to_numpy(),
+                               cfg.retrieve_k)
+            metrics[split] = recall_ndcg(ranking.ranks, cfg.ks)
+            retrieved.append(retrieval_table(rows, data.items[schema.ITEM].to_numpy(), ranking.top))
             table = candidate_table(run, split)
             where, items = _candidate_codes(run, data, rows, table)
             table[schema.SCORE] = (user_vecs[torch.as_tensor(where, device=device)]
                                    * item_vecs[torch.as_tensor(items, device=device)]).sum(-1).cpu().numpy()
             scored.append(table.drop(columns=[schema.CUTOFF_TS]))
-    write_parquet(run.path(cfg.output), pa.Table.from_pandas(pd.concat(scored, ignore_index=True), preserve_index=False))
+    for name, frames in ((cfg.output, scored), (cfg.retrieval, retrieved)):
+        write_parquet(run.path(name), pa.Table.from_pandas(pd.concat(frames, ignore_index=True), preserve_index=False))
     write_json(run.path(METRICS_FILE), metrics)
     stage.commit()
     log.info("graph evaluate: test %s", {k: round(v, 4) for k, v in metrics[schema.TEST].items()})

@@ -48,6 +48,20 @@ def test_graph_stage_writes_metrics_and_scores_for_msr_evaluate(graph_run: Path,
     expected = pd.concat([candidate_table(run, s) for s in (schema.VALID, schema.TEST)])
     assert len(scores) == len(expected) and scores[schema.SCORE].notna().all()
 
+    # the graph as a retriever: its top retrieve_k items of every valid and test example, the history masked
+    retrieved = pd.read_parquet(graph_run / "graph_retrieval.parquet")
+    assert list(retrieved.columns) == [schema.USER, schema.HISTORY_LEN, schema.ITEM, schema.SCORE, schema.RANK]
+    per_example = retrieved.groupby([schema.USER, schema.HISTORY_LEN])
+    assert per_example.ngroups == len(expected.drop_duplicates([schema.USER, schema.HISTORY_LEN]))
+    assert (per_example[schema.RANK].apply(list) == per_example[schema.RANK].size().map(lambda n: list(range(1, n + 1)))).all()
+    assert (per_example[schema.SCORE].apply(lambda s: s.is_monotonic_decreasing)).all()
+    inter = pd.read_parquet(graph_run / schema.INTERACTIONS_FILE)
+    sequences = inter.groupby(schema.USER)[schema.ITEM].apply(list)
+    assert not any(item in sequences[user][:h] for user, h, item in
+                   zip(retrieved[schema.USER], retrieved[schema.HISTORY_LEN], retrieved[schema.ITEM]))
+    n_items = len(pd.read_parquet(graph_run / schema.ITEMS_FILE))  # 40 < retrieve_k 50: every item left is listed
+    assert per_example.size().to_dict() == {(u, h): n_items - len(set(sequences[u][:h])) for u, h in per_example.groups}
+
     # beside a `msr score` table (p_yes) and the baselines, on the very same candidates
     sft = candidate_table(run, schema.TEST)[[schema.USER, schema.HISTORY_LEN, schema.ITEM, schema.LABEL]]
     sft["p_yes"] = np.random.default_rng(0).random(len(sft))
