@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from msr import schema
+from msr.baselines.config import BaselineConfig
+from msr.baselines.pipeline import evaluate_baseline, train_baseline
 from msr.data.prepare import PrepareConfig, prepare
 from msr.data.sft import SftDataConfig, write_sft_rows
 from msr.data.synthetic import (
@@ -37,6 +39,8 @@ from msr.train import SftScriptArguments, train
 
 log = logging.getLogger(__name__)
 SFT_MODEL_DIR = "sft_model"
+RETRIEVE_K = 20  # SASRec's top 20 per test example, reranked by the fine-tuned VLM: as many prompts as 1 + 20
+SEQUENTIAL = {"sasrec": {}, "gru4rec": {"layers": 1}}  # recipes/baselines/quickstart.yaml's settings otherwise
 
 
 @dataclass
@@ -95,8 +99,14 @@ def quickstart(cfg: QuickstartConfig) -> dict:
                                 device="cpu"))
     graph = run_graph(GraphConfig(run_dir=str(run.root), history_titles=cfg.history_titles, batch_size=256,
                                   device="cpu", seed=cfg.seed))
-    metrics = evaluate(EvaluateConfig(run_dir=str(run.root), model_card=str(tuned), methods=[
-        "sft=scores.parquet", "zero_shot=scores_zero_shot.parquet", "graph=graph_scores.parquet"]))
+    sequential = {name: _baseline(run, cfg, name, extra) for name, extra in SEQUENTIAL.items()}
+    score_split(ScoreConfig(run_dir=str(run.root), model=str(tuned), output="rerank_scores.parquet", dtype="float32",
+                            device="cpu", candidates=sequential["sasrec"]["retrieval"]))
+    metrics = evaluate(EvaluateConfig(
+        run_dir=str(run.root), model_card=str(tuned), compare_to=list(SEQUENTIAL),
+        methods=["sft=scores.parquet", "zero_shot=scores_zero_shot.parquet", "graph=graph_scores.parquet"]
+        + [f"{name}={b['scores']}" for name, b in sequential.items()],
+        retrieval=f"sasrec={sequential['sasrec']['retrieval']}", rerank_methods=["sft=rerank_scores.parquet"]))
     elapsed = time.perf_counter() - start
     _print_summary(run.root, stats, models, summaries, rows, tuned, elapsed)
     recall = graph["metrics"]["test"]
@@ -105,7 +115,16 @@ def quickstart(cfg: QuickstartConfig) -> dict:
     print("\n" + report(metrics, EvaluateConfig(run_dir=str(run.root)).ks))
     print(f"report: {run.path(REPORT_FILE)}  (ROC plot and metrics.json beside it)")
     return {"stats": stats, "models": models, "summaries": summaries, "sft_rows": rows, "sft_model": str(tuned),
-            "graph": graph, "metrics": metrics, "seconds": elapsed}
+            "graph": graph, "baselines": sequential, "metrics": metrics, "seconds": elapsed}
+
+
+def _baseline(run: RunDir, cfg: QuickstartConfig, model: str, extra: dict) -> dict[str, str]:
+    """Train (unless current) and evaluate one sequential baseline; its scored and retrieval tables."""
+    baseline = BaselineConfig(run_dir=str(run.root), model=model, dropout=0.5, batch_size=32, patience=20,
+                              retrieve_k=RETRIEVE_K, device="cpu", seed=cfg.seed, **extra)
+    train_baseline(baseline)
+    evaluate_baseline(baseline)
+    return {"scores": baseline.output, "retrieval": baseline.retrieval}
 
 
 def _train(run: RunDir, cfg: QuickstartConfig, model: str) -> Path:

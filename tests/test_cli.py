@@ -66,7 +66,11 @@ def test_quickstart_runs_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixtu
     printed = capsys.readouterr().out
     assert "msr quickstart: done" in printed and "| popularity |" in printed
     metrics = json.loads((run / "metrics.json").read_text())["methods"]
-    assert set(metrics) == {"sft", "zero_shot", "graph", "random", "popularity", "oracle"}
+    assert set(metrics) == {"sft", "zero_shot", "graph", "sasrec", "gru4rec", "random", "popularity", "oracle"}
+    assert metrics["sft"]["compared_to"] in ("sasrec", "gru4rec", "popularity", "random")
+    full = json.loads((run / "metrics.json").read_text())["full_ranking"]
+    assert full["retriever"] == "sasrec" and set(full["methods"]) == {"sasrec", "sft"}
+    assert "## Full ranking" in printed
     assert metrics["oracle"]["auc"] > 0.8
     examples = pd.read_parquet(run / schema.EXAMPLES_FILE)
     assert set(examples[schema.SPLIT]) == {"train", "valid", "test"}
@@ -75,7 +79,8 @@ def test_quickstart_runs_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixtu
     card = (run / "sft_model" / "README.md").read_text(encoding="utf-8")
     assert "## Evaluation: test split" in card and "| graph |" in card
     stamps = {name: (run / name).stat().st_mtime_ns for name in (
-        "models/vlm/config.json", "sft_model/model.safetensors", "graph/model.safetensors")}
+        "models/vlm/config.json", "sft_model/model.safetensors", "graph/model.safetensors",
+        "baselines/sasrec/model.safetensors")}
     with caplog.at_level(logging.INFO):
         assert main(args) == 0
     assert {name: (run / name).stat().st_mtime_ns for name in stamps} == stamps
