@@ -177,6 +177,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except USER_ERRORS as err:
         print(f"msr: error: {_one_line(err)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: every stage writes atomically and resumes, so no traceback to read
+        print("msr: interrupted; run the same command again to resume (finished work is kept)", file=sys.stderr)
+        return 130
     return 0
 
 
@@ -184,7 +187,11 @@ def _one_line(err: BaseException) -> str:
     """An error as one line: an OSError from the OS names its path and says what to check."""
     if isinstance(err, OSError) and err.filename is not None and err.strerror:
         return f"{err.filename}: {err.strerror.lower()}; check that path (or its permissions) and run again"
-    return " ".join(str(err).split()) or type(err).__name__
+    text = " ".join(str(err).split()) or type(err).__name__
+    if type(err).__module__.startswith("pyarrow"):  # a table arrow cannot read: damaged, or not a table
+        text += ("; if it is a table msr wrote, it is damaged (an interrupted copy, an edit): re-run the stage "
+                 "that wrote it with --force")
+    return text
 
 
 if __name__ == "__main__":

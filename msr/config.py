@@ -129,10 +129,10 @@ def parse_config(cls: type[T], argv: Sequence[str] = (), prog: str | None = None
     if known.config is not None:
         values = read_yaml(known.config)
         names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
+        unknown = sorted((key for key in values if key not in names), key=str)  # a YAML key may be a number
         if unknown:
             raise ConfigError(
-                f"{known.config}: unknown key(s) {', '.join(unknown)} for {cls.__name__}; "
+                f"{known.config}: unknown key(s) {', '.join(map(str, unknown))} for {cls.__name__}; "
                 f"known keys: {', '.join(sorted(names))}"
             )
         hints = typing.get_type_hints(cls)
@@ -153,18 +153,28 @@ def parse_config(cls: type[T], argv: Sequence[str] = (), prog: str | None = None
     return config
 
 
-def _check_type(source: str, key: str, value: Any, hint: Any) -> None:
-    """Reject a YAML value whose type the field cannot hold (argparse only converts strings)."""
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a YAML value can be held by a field of type `hint` (a list's elements checked too)."""
     allowed = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
     for t in allowed:
         if t is type(None) and value is None:
-            return
+            return True
         origin = typing.get_origin(t) or t
         if origin is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return
+            return True
         if origin is int and isinstance(value, bool):
             continue
         if isinstance(origin, type) and isinstance(value, origin):
-            return
+            element = typing.get_args(t)
+            if origin is list and element:
+                return all(_fits(v, element[0]) for v in value)
+            return True
+    return False
+
+
+def _check_type(source: str, key: str, value: Any, hint: Any) -> None:
+    """Reject a YAML value whose type the field cannot hold (argparse only converts strings)."""
+    if _fits(value, hint):
+        return
     expected = getattr(hint, "__name__", None) if not typing.get_args(hint) else None
     raise ConfigError(f"{source}: {key}: {value!r} is not a valid {expected or hint}; give a value of that type")

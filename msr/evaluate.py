@@ -101,6 +101,12 @@ class EvaluateConfig:
         """Refuse unknown baselines, method names that would collide in the merged tables (a method named
         like a baseline or a key column would be overwritten or break the merge), and options that name
         nothing evaluated."""
+        if self.split not in schema.SPLITS:
+            raise ValueError(f"split: {self.split!r} is not one of {', '.join(schema.SPLITS)}")
+        if not self.ks or min(self.ks) < 1:
+            raise ValueError(f"ks: cut-offs must be >= 1, got {self.ks}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
         unknown = set(self.baselines) - set(BASELINES)
         if unknown:
             raise ValueError(f"baselines: {sorted(unknown)} not among {', '.join(BASELINES)}")
@@ -162,6 +168,12 @@ def scored_table(run: RunDir, cfg: EvaluateConfig) -> tuple[pd.DataFrame, list[s
             raise ValueError(f"{file} lacks scores for {missing} of {len(table)} {cfg.split} candidates: "
                              f"run `msr score --split {cfg.split} --output {file}` (or `msr graph evaluate`) "
                              "to completion")
+        if "_label" in table:
+            wrong = int((table.pop("_label") != table[schema.LABEL]).sum())
+            if wrong:
+                raise ValueError(f"{run.path(file)}: {wrong} of {len(table)} {cfg.split} candidates have another label than in "
+                                 f"{schema.EXAMPLES_FILE}: was it scored on another run's or an older prepare's "
+                                 "examples? Score this run's split again")
     if "random" in cfg.baselines:
         table["random"] = np.random.default_rng(cfg.seed).random(len(table))
     if "popularity" in cfg.baselines:
@@ -212,7 +224,7 @@ def _reranker_ranks(run: RunDir, name: str, file: str, rows: pd.DataFrame, n_exa
     run.require(file)
     check_producer(run, file)
     scored = read_scores(run.path(file), CANDIDATE_KEY).rename(columns={schema.SCORE: name})
-    scored = scored.merge(rows[EXAMPLE_KEY].drop_duplicates(), on=EXAMPLE_KEY)  # this split's examples only
+    scored = scored.drop(columns="_label", errors="ignore").merge(rows[EXAMPLE_KEY].drop_duplicates(), on=EXAMPLE_KEY)  # this split's examples only
     merged = rows.merge(scored, on=CANDIDATE_KEY, how="left")
     missing, extra = int(merged[name].isna().sum()), len(scored) - int(merged[name].notna().sum())
     if missing or extra:
@@ -269,6 +281,9 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     run = RunDir(cfg.run_dir)
     run.require(schema.EXAMPLES_FILE, schema.INTERACTIONS_FILE)
     table, names = scored_table(run, cfg)
+    if not table.empty and _negatives(table)[0] == 0:
+        raise ValueError(f"{run.path(schema.EXAMPLES_FILE)}: some {cfg.split} examples have no sampled negatives, so "
+                         f"they cannot be ranked: re-run `msr data prepare` with negatives_{cfg.split} >= 1")
     methods, how = sampled_metrics(table, names, cfg)
     out = {"split": cfg.split, "methods": methods, "negatives": _negatives(table), "uncertainty": how}
     if cfg.retrieval:

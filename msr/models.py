@@ -76,6 +76,17 @@ def resolve_device(device: str = "auto") -> str:
     """'auto' -> 'cuda' when a GPU is visible, else 'cpu'."""
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device: {device!r} is not a device (auto, cpu, cuda, cuda:N, mps)") from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (parsed.index or 0) >= count:
+            raise ValueError(f"device: {device!r} is not available here ({count} CUDA device(s) visible); pass "
+                             f"--device auto or cpu" + (f", or cuda:0 to cuda:{count - 1}" if count else ""))
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device: {device!r} is not available here (no MPS); pass --device auto or cpu")
     return device
 
 

@@ -212,8 +212,20 @@ class RunDir:
                                     f"first ({hint})")
 
     def manifest(self) -> dict:
+        """The record of completed stages (`{"stages": {name: entry}}`); one that is not valid JSON of that
+        shape (hand-edited, or not msr's) is a ValueError naming it and the fix."""
         path = self.path(schema.MANIFEST_FILE)
-        return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {"stages": {}}
+        if not path.exists():
+            return {"stages": {}}
+        fix = "restore it, or delete it (every stage then runs again)"
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, ValueError) as e:
+            raise ValueError(f"{path}: not valid JSON ({e}); {fix}") from None
+        stages = data.get("stages") if isinstance(data, dict) else None
+        if not isinstance(stages, dict) or not all(isinstance(entry, dict) for entry in stages.values()):
+            raise ValueError(f"{path}: not an msr manifest (expected {{\"stages\": {{name: {{...}}}}}}); {fix}")
+        return data
 
     @contextmanager
     def lock(self, stage: str) -> Iterator[Path]:

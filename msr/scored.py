@@ -11,7 +11,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from msr import schema
@@ -56,14 +58,55 @@ def _refuse_duplicates(table: pd.DataFrame, key: list[str], path: Path, what: st
                          f"(the first: {', '.join(str(first[c]) for c in key)}): {what}")
 
 
+def _read_table(path: Path, columns: list[str], what: str, about: str = "") -> pd.DataFrame:
+    """These columns of a parquet table; a file that is not parquet, or lacks one of them, is a ValueError
+    naming it. Integer ids become the strings `msr data prepare` writes; a whole-number float
+    history_len becomes an integer."""
+    try:
+        names = pq.read_schema(path).names
+        missing = [c for c in columns if c not in names]
+        if missing:
+            raise ValueError(f"{path}: not {what}, it lacks {', '.join(missing)} (expected {', '.join(columns)}{about})")
+        table = pd.read_parquet(path, columns=columns)
+    except (pa.ArrowException, OSError) as err:
+        raise ValueError(f"{path}: not a readable parquet file ({err}); write it again") from None
+    for column in (schema.USER, schema.ITEM):
+        if column in table and not pd.api.types.is_string_dtype(table[column]):
+            if not pd.api.types.is_integer_dtype(table[column]):
+                raise ValueError(f"{path}: column {column} has type {table[column].dtype}; ids are strings")
+            table[column] = table[column].astype(str)
+    if schema.HISTORY_LEN in table:
+        lens = table[schema.HISTORY_LEN]
+        if not pd.api.types.is_integer_dtype(lens):
+            if not (pd.api.types.is_float_dtype(lens) and np.isfinite(lens).all() and (lens == np.round(lens)).all()):
+                raise ValueError(f"{path}: column {schema.HISTORY_LEN} holds values that are not whole numbers")
+        table[schema.HISTORY_LEN] = lens.astype("int64")
+    return table
+
+
 def read_scores(path: Path, key: list[str]) -> pd.DataFrame:
     """A scored table's key columns and its score, renamed SCORE: `p_yes` from `msr score`, or the
-    generic `score` column any other recommender writes (exactly one of the two). Each key must occur
-    once: a duplicate would multiply candidate rows in the merge."""
-    present = [c for c in (schema.P_YES, schema.SCORE) if c in pq.read_schema(path).names]
+    generic `score` column any other recommender writes (exactly one of the two), a finite number. Each key
+    must occur once: a duplicate would multiply candidate rows in the merge. Its `label`, when it has one, is
+    kept (as `_label`) so the caller can check it against the examples'."""
+    try:
+        names = pq.read_schema(path).names
+    except (pa.ArrowException, OSError) as err:
+        raise ValueError(f"{path}: not a readable parquet file ({err}); write it again") from None
+    present = [c for c in (schema.P_YES, schema.SCORE) if c in names]
     if len(present) != 1:
         raise ValueError(f"{path}: expected one score column, {schema.P_YES} or {schema.SCORE}; found {present or 'none'}")
-    scored = pd.read_parquet(path, columns=key + present).rename(columns={present[0]: schema.SCORE})
+    label = [schema.LABEL] if schema.LABEL in names and schema.LABEL not in key else []
+    scored = _read_table(path, key + present + label, "a scored table")
+    scored = scored.rename(columns={present[0]: schema.SCORE, **{schema.LABEL: "_label" for _ in label}})
+    if not pd.api.types.is_numeric_dtype(scored[schema.SCORE]) or pd.api.types.is_bool_dtype(scored[schema.SCORE]):
+        raise ValueError(f"{path}: column {present[0]} has type {scored[schema.SCORE].dtype}; scores are numbers")
+    bad = ~np.isfinite(scored[schema.SCORE].to_numpy(dtype=float))
+    if bad.any():
+        first = scored[bad].iloc[0]
+        raise ValueError(f"{path}: {int(bad.sum())} of {len(scored)} scores are NaN or infinite (the first: user "
+                         f"{first[schema.USER]}, item {first[schema.ITEM]}); fix the recommender that wrote it and "
+                         "score again")
     _refuse_duplicates(scored, key, path, "one score per candidate; was the file appended to twice? Score the "
                        "split again into a fresh file")
     return scored
@@ -76,12 +119,14 @@ def read_retrieval(run: RunDir, file: str) -> pd.DataFrame:
     run.require(file)
     check_producer(run, file)
     path = run.path(file)
-    missing = [c for c in RETRIEVAL_COLUMNS if c not in pq.read_schema(path).names]
-    if missing:
-        raise ValueError(f"{path}: not a retrieval table, it lacks {', '.join(missing)} (expected "
-                         f"{', '.join(RETRIEVAL_COLUMNS)}: a retriever's top-K items per example)")
-    table = pd.read_parquet(path, columns=RETRIEVAL_COLUMNS)
-    table[schema.HISTORY_LEN] = table[schema.HISTORY_LEN].astype("int64")
+    table = _read_table(path, RETRIEVAL_COLUMNS, "a retrieval table", ": a retriever's top-K items per example")
+    ranks = table[schema.RANK]
+    whole = pd.api.types.is_integer_dtype(ranks) or (
+        pd.api.types.is_float_dtype(ranks) and bool(np.isfinite(ranks).all() and (ranks == np.round(ranks)).all()))
+    if not whole or pd.api.types.is_bool_dtype(ranks):
+        raise ValueError(f"{path}: column {schema.RANK} has type {ranks.dtype} or values that are not whole numbers; "
+                         "ranks are integers from 1")
+    table[schema.RANK] = ranks.astype("int64")
     _refuse_duplicates(table, CANDIDATE_KEY, path, "an item is retrieved once per example")
     _refuse_duplicates(table, EXAMPLE_KEY + [schema.RANK], path, "each rank holds one item per example")
     if (table[schema.RANK] < 1).any():

@@ -41,3 +41,12 @@ def test_hash_follows_text_and_custom_dirs(tmp_path: Path) -> None:
     assert custom.hash == Prompt("x", "List: {items}").hash
     with pytest.raises(FileNotFoundError, match="known: user_summary_first"):
         load_prompt("nope", tmp_path)
+
+
+@pytest.mark.parametrize("make", ["missing", "file"])
+def test_a_prompt_dir_that_is_not_a_folder_is_named(tmp_path: Path, make: str) -> None:
+    folder = tmp_path / "prompts"
+    if make == "file":
+        folder.write_text("not a folder")
+    with pytest.raises(FileNotFoundError, match=f"prompt_dir {folder} is {'a file' if make == 'file' else 'missing'}"):
+        load_prompt("recommend_user", folder)

@@ -17,6 +17,7 @@ import struct
 import zlib
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -349,3 +350,198 @@ def test_later_checks_use_the_pixel_cap_prepare_used(tmp_path: Path) -> None:
     assert recheck.pixel_cap(run) == MAX_IMAGE_PIXELS
     Stage(run, "data.prepare", {"max_image_pixels": 10**9}, {}).commit()
     assert recheck.pixel_cap(run) == 10**9
+
+
+# -- part three: more mistakes, found by attacking the command line as a new user --------------------------
+
+
+@pytest.fixture(scope="module")
+def prepared_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A prepared embedded dataset without models (fast), copied by `prepared`."""
+    from msr.data.synthetic import SynthConfig, generate
+
+    root = tmp_path_factory.mktemp("prepared")
+    raw = generate(SynthConfig(out_dir=str(root / "raw"), num_users=30, num_items=40, seed=2))
+    prepare(PrepareConfig(run_dir=str(root / "run"), interactions=str(raw / PAIRS_FILE),
+                          items=str(raw / TITLES_FILE), image_dir=str(raw / COVERS_DIR), negatives_test=5))
+    return root / "run"
+
+
+@pytest.fixture
+def prepared(prepared_template: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(prepared_template, tmp_path / "run"))
+
+
+MORE_CONFIG_CASES = {  # (stage words, YAML text, what the one line names)
+    "numeric key": (["evaluate"], "run_dir: {run}\n5: x\n", ["unknown key(s) 5"]),
+    "list element of the wrong type": (["evaluate"], "run_dir: {run}\nks: [1, a]\n", ["ks: [1, 'a']", "list[int]"]),
+    "str list element of the wrong type": (["data", "sft"], "run_dir: {run}\nsplits: [test, 5]\n",
+                                           ["splits: ['test', 5]", "list[str]"]),
+    "no cut-offs": (["evaluate"], "run_dir: {run}\nks: []\n", ["ks: cut-offs must be >= 1"]),
+    "a cut-off of 0": (["evaluate"], "run_dir: {run}\nks: [0, 5]\n", ["ks: cut-offs must be >= 1"]),
+    "negative evaluate seed": (["evaluate"], "run_dir: {run}\nseed: -1\n", ["seed must be >= 0"]),
+    "unknown evaluate split": (["evaluate"], "run_dir: {run}\nsplit: tst\n", ["split: 'tst'"]),
+    "negative prepare seed": (["data", "prepare"], "run_dir: {run}\ninteractions: i\nitems: t\nseed: -1\n",
+                              ["seed must be >= 0"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MORE_CONFIG_CASES))
+def test_more_config_mistakes_are_one_line(case: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    words, text, named = MORE_CONFIG_CASES[case]
+    path = tmp_path / "c.yaml"
+    path.write_text(text.format(run=tmp_path / "run"))
+    code, _, err = _run_cli([*words, "--config", str(path)], capsys)
+    _assert_one_error(code, err, *named)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("device,named", [("gpu", "is not a device"), ("cuda:99", "is not available here")])
+def test_a_device_that_is_not_there_is_a_clear_error(device: str, named: str) -> None:
+    from msr.models import resolve_device
+
+    with pytest.raises(ValueError, match=f"device: '{device}' {named}"):
+        resolve_device(device)
+    assert resolve_device("cpu") == "cpu"
+
+
+@pytest.mark.parametrize("text,named", [
+    ("{bad", "not valid JSON"), ("", "not valid JSON"), ("[1, 2]", "not an msr manifest"),
+    ('{"stages": 5}', "not an msr manifest"), ('{"stages": {"data.prepare": 3}}', "not an msr manifest"),
+])
+def test_a_broken_manifest_is_one_line(text: str, named: str, prepared: Path, capsys) -> None:
+    (prepared / schema.MANIFEST_FILE).write_text(text)
+    _test_candidates(prepared).to_parquet(prepared / "mine.parquet", index=False)
+    for args in (["data", "sft", *NO_SUMMARIES], ["evaluate", "--resamples", "0", "--methods", "mine=mine.parquet"]):
+        code, _, err = _run_cli([*args, "--run_dir", str(prepared)], capsys)
+        _assert_one_error(code, err, str(prepared / schema.MANIFEST_FILE), named, "delete it")
+
+
+def _cut(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:300])
+
+
+def _edit_examples(run: Path, change) -> None:
+    examples = pd.read_parquet(run / schema.EXAMPLES_FILE)
+    change(examples).to_parquet(run / schema.EXAMPLES_FILE, index=False)
+
+
+def _unknown_target(examples: pd.DataFrame) -> pd.DataFrame:
+    examples.loc[examples.index[examples[schema.SPLIT] == "train"][0], schema.TARGET] = "no-such-item"
+    return examples
+
+
+RUN_TABLE_CASES = {  # a run table damaged after prepare -> what `msr data sft` names
+    "items.parquet truncated": (lambda run: _cut(run / schema.ITEMS_FILE), ["items.parquet", "not a readable parquet",
+                                                                           "msr data prepare --force"]),
+    "examples.parquet truncated": (lambda run: _cut(run / schema.EXAMPLES_FILE), ["examples.parquet",
+                                                                                 "not a readable parquet"]),
+    "examples without negatives": (lambda run: _edit_examples(run, lambda e: e.drop(columns=[schema.NEGATIVES])),
+                                   ["examples.parquet", "lacks column(s) negatives"]),
+    "examples naming an unknown item": (lambda run: _edit_examples(run, _unknown_target),
+                                        ["examples.parquet", "'no-such-item'", "not in items.parquet"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RUN_TABLE_CASES))
+def test_a_damaged_run_table_is_one_line(case: str, prepared: Path, capsys) -> None:
+    damage, named = RUN_TABLE_CASES[case]
+    damage(prepared)
+    code, _, err = _run_cli(["data", "sft", "--run_dir", str(prepared), *NO_SUMMARIES], capsys)
+    _assert_one_error(code, err, *named)
+
+
+def _test_candidates(run: Path) -> pd.DataFrame:
+    examples = pd.read_parquet(run / schema.EXAMPLES_FILE)
+    rows = [(e[schema.USER], e[schema.HISTORY_LEN], item, label)
+            for e in examples[examples[schema.SPLIT] == "test"].to_dict("records") for item, label in candidates(e)]
+    table = pd.DataFrame(rows, columns=[schema.USER, schema.HISTORY_LEN, schema.ITEM, schema.LABEL])
+    return table.assign(**{schema.SCORE: np.linspace(0, 1, len(table))})
+
+
+def _nan_first(t: pd.DataFrame) -> pd.DataFrame:
+    t.loc[0, schema.SCORE] = np.nan
+    return t
+
+
+SCORE_TABLE_CASES = {  # a scored table -> what `msr evaluate` names (None: accepted)
+    "a NaN score": (_nan_first, ["1 of", "NaN or infinite"]),
+    "infinite scores": (lambda t: t.assign(score=np.inf), ["NaN or infinite"]),
+    "scores as text": (lambda t: t.assign(score=t[schema.SCORE].astype(str)), ["column score has type", "numbers"]),
+    "scores as booleans": (lambda t: t.assign(score=t[schema.SCORE] > 0.5), ["column score has type bool"]),
+    "labels that disagree": (lambda t: t.assign(label=1 - t[schema.LABEL]), ["another label than in examples.parquet"]),
+    "no history_len": (lambda t: t.drop(columns=[schema.HISTORY_LEN]), ["lacks history_len"]),
+    "integer user ids": (lambda t: t.assign(user_id=t[schema.USER].astype(int)), None),
+    "float history_len": (lambda t: t.assign(history_len=t[schema.HISTORY_LEN].astype(float)), None),
+    "extra rows": (lambda t: pd.concat([t, t.head(1).assign(user_id="someone-else")]), None),
+    "not parquet": ("not parquet", ["not a readable parquet file"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SCORE_TABLE_CASES))
+def test_a_bad_score_table_is_one_line(case: str, prepared: Path, capsys) -> None:
+    change, named = SCORE_TABLE_CASES[case]
+    path = prepared / "mine.parquet"
+    if isinstance(change, str):
+        path.write_text(change)
+    else:
+        change(_test_candidates(prepared)).to_parquet(path, index=False)
+    code, out, err = _run_cli(["evaluate", "--run_dir", str(prepared), "--resamples", "0",
+                               "--methods", "mine=mine.parquet"], capsys)
+    if named is None:
+        assert code == 0 and "| mine |" in out, err
+    else:
+        _assert_one_error(code, err, str(path), *named)
+
+
+@pytest.mark.parametrize("rank,named", [("text", "column rank has type"), (1.5, "not whole numbers")])
+def test_a_retrieval_table_with_bad_ranks_is_one_line(rank, named: str, prepared: Path, capsys) -> None:
+    table = _test_candidates(prepared)
+    table[schema.RANK] = table.groupby(EXAMPLE_COLUMNS_KEY).cumcount() + 1
+    table[schema.RANK] = "1" if rank == "text" else table[schema.RANK] + rank
+    table.to_parquet(prepared / "ret.parquet", index=False)
+    table.drop(columns=[schema.RANK]).to_parquet(prepared / "mine.parquet", index=False)
+    code, _, err = _run_cli(["evaluate", "--run_dir", str(prepared), "--resamples", "0", "--methods",
+                             "mine=mine.parquet", "--retrieval", "r=ret.parquet", "--full_ks", "3"], capsys)
+    _assert_one_error(code, err, "ret.parquet", named)
+
+
+EXAMPLE_COLUMNS_KEY = [schema.USER, schema.HISTORY_LEN]
+
+
+def test_examples_without_negatives_are_one_line_in_evaluate(tmp_path: Path, capsys) -> None:
+    from msr.data.synthetic import SynthConfig, generate
+
+    raw = generate(SynthConfig(out_dir=str(tmp_path / "raw"), num_users=20, num_items=30, seed=3))
+    run = tmp_path / "run"
+    prepare(PrepareConfig(run_dir=str(run), interactions=str(raw / PAIRS_FILE), items=str(raw / TITLES_FILE),
+                          negatives_test=0))
+    _test_candidates(run).to_parquet(run / "mine.parquet", index=False)
+    code, _, err = _run_cli(["evaluate", "--run_dir", str(run), "--resamples", "0", "--methods", "mine=mine.parquet"],
+                            capsys)
+    _assert_one_error(code, err, "examples.parquet", "no sampled negatives", "negatives_test >= 1")
+
+
+def test_synth_out_dir_that_is_a_file_or_a_broken_dataset(tmp_path: Path, capsys) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    for out in (blocker, blocker / "below"):
+        code, _, err = _run_cli(["data", "synth", "--out_dir", str(out), "--num_users", "5", "--num_items", "30"],
+                                capsys)
+        _assert_one_error(code, err, str(blocker), "is a file")
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "truth.json").write_text("{broken")
+    code, _, err = _run_cli(["data", "synth", "--out_dir", str(tmp_path / "old"), "--num_users", "5",
+                             "--num_items", "30"], capsys)
+    _assert_one_error(code, err, "truth.json", "not the truth file")
+
+
+def test_ctrl_c_is_one_line_and_exit_130(tmp_path: Path, monkeypatch, capsys) -> None:
+    import msr.data.synthetic as synthetic
+
+    def interrupted(cfg):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(synthetic, "generate", interrupted)
+    code, _, err = _run_cli(["data", "synth", "--out_dir", str(tmp_path / "raw")], capsys)
+    assert code == 130 and "Traceback" not in err and "msr: interrupted; run the same command again" in err

@@ -56,10 +56,16 @@ def read_dataset(fmt: str, interactions: str | Path, items: str | Path, image_di
     if fmt not in readers:
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     for label, path in (("interactions", interactions), ("items", items)):
+        if Path(path).is_dir():
+            raise IsADirectoryError(f"{label}: {path} is a folder; pass the {label} file inside it")
+        if Path(path).exists() and not Path(path).is_file():
+            raise ValueError(f"{label}: {path} is not a regular file (a pipe or a device); save the data to "
+                             "a file and pass that")
         if not Path(path).is_file():
             raise FileNotFoundError(f"{label} file not found: {path}")
     if image_dir is not None and not Path(image_dir).is_dir():
-        raise FileNotFoundError(f"image folder not found: {image_dir}")
+        what = "is a file, not a folder" if Path(image_dir).exists() else "not found"
+        raise FileNotFoundError(f"image folder {what}: {image_dir}")
     return readers[fmt](Path(interactions), Path(items), image_dir, allow_truncated)
 
 
@@ -111,16 +117,22 @@ def _texts(values: Any) -> list[str]:
 
 def _json_records(path: Path, drops: Drops, allow_truncated: bool) -> Iterator[tuple[int, dict]]:
     """(line number, object) of a JSON-lines file; a line that is not a JSON object is `malformed`."""
+    first, objects = None, 0
     for n, text in numbered_lines(path, drops, allow_truncated):
+        first = text.lstrip() if first is None else first
         try:
             record = json.loads(text)
         except (ValueError, RecursionError) as err:
             drops.add("malformed", f"line {n}", f"not JSON ({str(err)[:80]})")
             continue
         if isinstance(record, dict):
+            objects += 1
             yield n, record
         else:
             drops.add("malformed", f"line {n}", f"a JSON {type(record).__name__}, not an object")
+    if not objects and first is not None and first.startswith("["):
+        raise ValueError(f"{path}: the file is one JSON array, not JSON lines (one object per line); "
+                         "convert it, e.g. `jq -c '.[]' FILE > FILE.jsonl`")
 
 
 def _json_lines(path: Path, counts: Counter, what: str) -> Iterator[dict]:
@@ -203,6 +215,10 @@ def read_microlens(pairs: Path, titles: Path, image_dir: str | None, allow_trunc
     with _drops(counts, titles, "item") as drops:
         for k, (n, fields) in enumerate(csv_records(numbered_lines(titles, drops, allow_truncated), drops)):
             if k == 0 and not fields[0].strip().isdigit():
+                header = [f.strip().lower() for f in fields]
+                if "user" in header and "timestamp" in header:
+                    raise ValueError(f"{titles}: its header {fields} is an interactions (pairs) header, not "
+                                     "item,title: pass the titles csv as items")
                 continue  # header
             item = clean_id(fields[0])
             if len(fields) < 2:

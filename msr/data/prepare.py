@@ -68,7 +68,7 @@ class PrepareConfig:
         if self.format not in FORMATS:
             raise ValueError(f"format: {self.format!r} is not one of {', '.join(FORMATS)}")
         for name in ("user_min", "item_min", "min_history", "negatives_train", "negatives_valid",
-                     "negatives_test", "max_seq_len"):
+                     "negatives_test", "max_seq_len", "seed"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.max_image_pixels < 1:
@@ -183,6 +183,13 @@ def prepare(cfg: PrepareConfig) -> dict:
     negatives, offsets, fillable = splits.sample_negatives(
         ex_users, per_split[targets.split], seen, np.bincount(users, minlength=n_users), n_items, cfg.seed)
     dropped["examples_without_enough_negatives"] += int((~fillable).sum())
+    test_code = schema.SPLITS.index("test")
+    if not (fillable & (targets.split == test_code)).any():
+        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(dropped.items()) if v) or "none"
+        log.warning("no test examples left (%d users, %d items; dropped, by reason: %s): every user needs min_history "
+                    "(%d) + 2 interactions, and negatives_test (%d) items it never interacted with; lower them, or use "
+                    "more data (later stages have nothing to score)", n_users, n_items, reasons, cfg.min_history,
+                    cfg.negatives_test)
 
     user_arr, item_arr = pa.array(user_ids.astype(str)), pa.array(items[schema.ITEM].astype(str))
     rows, split_codes = targets.rows[fillable], targets.split[fillable]

@@ -26,6 +26,7 @@ import pandas as pd
 from msr import schema
 from msr.data.prepare import STAGE as PREPARE_STAGE
 from msr.data.recheck import pixel_cap, recheck_images
+from msr.data.tables import EXAMPLE_COLUMNS, check_examples, read_table
 from msr.prompts import Prompt, load_prompt, prompt_path
 from msr.provenance import Stage, one_writer, stage_config
 from msr.rundir import RunDir
@@ -97,7 +98,7 @@ class CandidatePrompts:
         run.require(schema.ITEMS_FILE, schema.INTERACTIONS_FILE, schema.EXAMPLES_FILE)
         self.cfg = cfg
         self.prompts = (load_prompt("recommend_user", cfg.prompt_dir), load_prompt("recommend_candidate", cfg.prompt_dir))
-        items = pd.read_parquet(run.path(schema.ITEMS_FILE), columns=[schema.ITEM, schema.TITLE, schema.IMAGE])
+        items = read_table(run, schema.ITEMS_FILE, [schema.ITEM, schema.TITLE, schema.IMAGE])
         self.titles = dict(zip(items[schema.ITEM], items[schema.TITLE]))
         self.images, self.bad_images = recheck_images(
             {i: p for i, p in zip(items[schema.ITEM], items[schema.IMAGE]) if isinstance(p, str)}, "candidate prompts",
@@ -180,7 +181,8 @@ def write_sft_rows(cfg: SftDataConfig) -> dict:
     if stage.is_current(cfg.force):
         return {split: len(load_sft_split(run.root, split)) for split in cfg.splits}
     prompts = CandidatePrompts(run, cfg)
-    examples = pd.read_parquet(run.path(schema.EXAMPLES_FILE))
+    examples = read_table(run, schema.EXAMPLES_FILE, EXAMPLE_COLUMNS)
+    check_examples(run, examples[examples[schema.SPLIT].isin(cfg.splits)], set(prompts.titles))
     counts = {}
     for split in cfg.splits:
         rows = []

@@ -191,12 +191,19 @@ def generate(cfg: SynthConfig) -> Path:
 
 def _already_generated(out: Path, cfg: SynthConfig) -> bool:
     """True if ``out`` holds this config's dataset, False if it is absent or empty; raises otherwise."""
-    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+    blocker = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise FileExistsError(f"out_dir {out} cannot be a folder: {blocker} is a file; pass another out_dir")
+    if not out.exists() or not any(out.iterdir()):
         return False
     truth_path = out / TRUTH_FILE
     if not truth_path.is_file():
         raise FileExistsError(f"{out} is not empty and holds no {TRUTH_FILE}; refusing to write a dataset into it")
-    stored = json.loads(truth_path.read_text())["config"]
+    try:
+        stored = json.loads(truth_path.read_text(encoding="utf-8"))["config"]
+    except (ValueError, KeyError, TypeError):
+        raise FileExistsError(f"{truth_path} is not the truth file of a synthetic dataset (not valid JSON, or no "
+                              "config); delete the folder or choose another out_dir") from None
     wanted = cfg.identity()
     if stored != wanted:
         differing = sorted(k for k in stored.keys() | wanted.keys() if stored.get(k) != wanted.get(k))

@@ -119,7 +119,14 @@ def _header(data: bytes, path: Path) -> list[str] | None:
     names = [f.strip() for f in fields]
     missing = [n for n in COLUMNS if n not in names]
     if missing:
-        raise ValueError(f"{path}: expected columns {list(COLUMNS)}, header has {names}")
+        sep = next((f" (it looks {name}-separated: msr reads comma-separated files, so convert it)"
+                    for char, name in (("\t", "tab"), (";", "semicolon"), ("|", "pipe"))
+                    if len(names) == 1 and char in names[0]), "")
+        raise ValueError(f"{path}: expected columns {list(COLUMNS)}, header has {names}{sep}")
+    twice = sorted({n for n in COLUMNS if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"{path}: the header names column(s) {twice} more than once, so which one holds "
+                         "the data is ambiguous; rename or remove the extra column(s)")
     return names
 
 

@@ -41,6 +41,9 @@ class Prompt:
 def prompt_path(name: str, prompt_dir: str | Path | None = None) -> Path:
     """The file of prompt `name` in `prompt_dir` (default: the templates shipped with msr)."""
     folder = Path(prompt_dir) if prompt_dir else PROMPT_DIR
+    if not folder.is_dir():
+        raise FileNotFoundError(f"prompt_dir {folder} is {'a file' if folder.exists() else 'missing'}: give a folder "
+                                f"holding your templates (copy {PROMPT_DIR} and edit the copies)")
     path = folder / f"{name}.txt"
     if not path.is_file():
         known = sorted(p.stem for p in folder.glob("*.txt"))

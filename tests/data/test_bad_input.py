@@ -264,6 +264,10 @@ def test_csv_text(tmp_path: Path, fmt: str, name: str, body: str, expect: Kept, 
     ('"user","item","timestamp"\n', Kept(3)),                        # quoted header
     ("\ufeffuser,item,timestamp\n", Kept(3)),                        # BOM
     ("who,what,when\n", Fails(r"expected columns \['user', 'item', 'timestamp'\]")),
+    ("user\titem\ttimestamp\n", Fails("it looks tab-separated")),
+    ("user;item;timestamp\n", Fails("it looks semicolon-separated")),
+    ("user,item,timestamp,user\n", Fails(r"names column\(s\) \['user'\] more than once")),
+    ("user,item,timestamp,\n", Kept(3)),                           # a trailing comma: one empty extra column
 ])
 def test_csv_headers(tmp_path: Path, header: str, expect) -> None:
     order = [c.strip('"\ufeff') for c in header.strip().split(",")]
@@ -604,3 +608,52 @@ def test_duplicates_and_unsorted_rows_come_out_right(tmp_path: Path) -> None:
     assert user1[schema.TIMESTAMP].tolist() == [1000, 2000, 3000]
     assert stats["dropped"]["duplicate_rows"] == 1
     assert stats["dropped"]["bad_timestamp_interaction_rows"] == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# more whole-file mistakes: the wrong kind of file, or a file in the wrong place
+
+
+@pytest.mark.parametrize("fmt", JSON_FORMATS)
+@pytest.mark.parametrize("indent", [None, 1])
+def test_a_json_array_instead_of_json_lines(tmp_path: Path, fmt: str, indent) -> None:
+    user, item, ts = REVIEW_KEYS[fmt]
+    rows = [{user: u, item: i, ts: t} for u, i, t in GOOD]
+    inter, items = write_case(tmp_path, fmt, json.dumps(rows, indent=indent).encode())
+    check(fmt, inter, items, Fails(r"one JSON array, not JSON lines.*jq -c"))
+
+
+def test_a_pairs_file_given_as_titles(tmp_path: Path) -> None:
+    inter, _ = write_case(tmp_path, "microlens", render("microlens", GOOD))
+    check("microlens", inter, inter, Fails(r"interactions \(pairs\) header, not item,title"))
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo"])
+def test_a_folder_or_a_pipe_as_the_interactions_file(tmp_path: Path, kind: str) -> None:
+    import os
+
+    _, items = write_case(tmp_path, "generic_csv", render("generic_csv", GOOD))
+    odd = tmp_path / "odd"
+    odd.mkdir() if kind == "folder" else os.mkfifo(odd)
+    with pytest.raises((IsADirectoryError, ValueError), match="is a folder" if kind == "folder" else "not a regular"):
+        read("generic_csv", odd, items)
+    with pytest.raises(FileNotFoundError, match="image folder is a file"):
+        read("generic_csv", items, items, image_dir=items)
+
+
+@pytest.mark.parametrize("rows,kw", [
+    ([("u1", "10", 1), ("u1", "11", 2), ("u1", "12", 3)], {}),                     # every item seen: no negative
+    ([("u1", "10", 1), ("u1", "11", 2), ("u2", "12", 3)], {"min_history": 2}),     # nobody long enough
+])
+def test_no_test_example_left_is_said(tmp_path: Path, rows: list, kw: dict, caplog) -> None:
+    """Counted, and said in one warning that names the two settings (a run without test examples is legal)."""
+    inter, items = write_case(tmp_path, "generic_csv", render("generic_csv", rows))
+    with caplog.at_level(logging.WARNING, logger="msr.data.prepare"):
+        stats = _prepare(tmp_path, "generic_csv", inter, items, **kw)
+    assert stats["examples"]["test"] == 0
+    assert any(re.search(r"no test examples left .*negatives_test \(1\)", r.getMessage()) for r in caplog.records)
+
+
+def test_a_negative_seed_is_refused() -> None:
+    with pytest.raises(ValueError, match="seed must be >= 0, got -1"):
+        PrepareConfig(run_dir="r", interactions="i", items="t", seed=-1).validate()
