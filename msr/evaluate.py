@@ -236,7 +236,7 @@ def _reranker_ranks(run: RunDir, name: str, file: str, rows: pd.DataFrame, n_exa
 
 
 def full_ranking(run: RunDir, cfg: EvaluateConfig) -> dict:
-    """Recall/NDCG@K over the whole catalog via the retrieval table: the retriever by its own ranks, each
+    """Recall/NDCG@K over the whole catalog via the retrieval table: the retriever by its own scores, each
     reranker by its scores of the retrieved items; a target outside the list is a miss. Every example of
     the split must have a retrieved list, and every K must be within the retrieval depth."""
     (retriever, file), = _pairs("retrieval", [cfg.retrieval])
@@ -250,9 +250,10 @@ def full_ranking(run: RunDir, cfg: EvaluateConfig) -> dict:
     if too_deep:
         raise ValueError(f"full_ks: {too_deep} exceed the retrieval depth {depth} of {file}: beyond it every target "
                          "the retriever did not return would count as a miss; retrieve deeper or lower K")
-    ranks = {retriever: np.full(len(examples), np.inf)}
-    hits = rows[rows[schema.LABEL] == 1]
-    ranks[retriever][hits["_example"].to_numpy()] = hits[schema.RANK].to_numpy(dtype=np.float64)
+    # the retriever ranked by its own scores, ties against the target as for every reranker (its RANK column
+    # breaks ties by item code, which would favour a target tied with the items above it)
+    ranks = {retriever: retrieved_ranks(rows[schema.SCORE].to_numpy(), rows[schema.LABEL].to_numpy(),
+                                        rows["_example"].to_numpy(), len(examples))}
     for name, scores_file in _pairs("rerank_methods", cfg.rerank_methods):
         ranks[name] = _reranker_ranks(run, name, scores_file, rows, len(examples))
     points, statistics, columns = {}, {}, []

@@ -40,7 +40,7 @@ from msr.train import SftScriptArguments, train
 log = logging.getLogger(__name__)
 SFT_MODEL_DIR = "sft_model"
 RETRIEVE_K = 20  # SASRec's top 20 per test example, reranked by the fine-tuned VLM: as many prompts as 1 + 20
-SEQUENTIAL = {"sasrec": {}, "gru4rec": {"layers": 1}}  # recipes/baselines/quickstart.yaml's settings otherwise
+SEQUENTIAL = {"sasrec": {}, "gru4rec": {"layers": 1}}  # else as in recipes/baselines/quickstart.yaml, but retrieve_k RETRIEVE_K
 
 
 @dataclass

@@ -61,3 +61,14 @@ SCORE = "score"
 # evaluation): USER, HISTORY_LEN, ITEM, SCORE (the retriever's own) and RANK (1-based, by that score, the
 # user's history masked); the target is not forced in, so a target outside the top K is a miss
 RANK = "rank"
+
+# the run's own tables and records, which no stage's output option may name
+RUN_FILES = (ITEMS_FILE, INTERACTIONS_FILE, EXAMPLES_FILE, ITEM_SUMMARY_TABLE, USER_SUMMARIES_FILE, MANIFEST_FILE,
+             DATA_STATS_FILE)
+
+
+def check_output_table(option: str, value: str) -> None:
+    """Refuse an output option that is not a .parquet file or names one of the run's own tables (it would
+    overwrite them)."""
+    if not str(value).endswith(".parquet") or str(value).replace("\\", "/").rsplit("/", 1)[-1] in RUN_FILES:
+        raise ValueError(f"{option} must be a .parquet file other than the run's own tables, got {value!r}")

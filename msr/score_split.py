@@ -61,6 +61,7 @@ class ScoreConfig:
             raise ValueError(f"split: {self.split!r} is not one of {', '.join(schema.SPLITS)}")
         if self.batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        schema.check_output_table("output", self.output)
 
 
 def _prompt_settings(run: RunDir) -> SftDataConfig:

@@ -150,12 +150,15 @@ def test_intervals_and_p_values_against_the_best_baseline(tiny_run: dict) -> Non
     for name, figures in methods.items():
         assert set(figures["ci"]) == set(figures) - {"users", "ci", "compared_to", "p_value"}
         assert all(lo <= figures[m] <= hi for m, (lo, hi) in figures["ci"].items())
-    if how["reference"] == "popularity":
-        assert set(methods["same"]["p_value"].values()) == {1.0}  # identical on every user
+    other = "random" if how["reference"] == "popularity" else "popularity"
     assert methods["best"]["compared_to"] == how["reference"] and methods["best"]["p_value"]["auc"] == 1 / 201
     assert "p_value" not in methods[how["reference"]]
     report = (run / "report.md").read_text()
     assert f"### p-values against {how['reference']}" in report and "<= 0.005" in report
+    assert other in methods and "p_value" in methods[other]
+    cfg.baselines = ["popularity"]  # the one baseline, so the reference: its copy is identical on every user
+    assert set(evaluate(cfg)["methods"]["same"]["p_value"].values()) == {1.0}
+    cfg.baselines = ["random", "popularity"]
     cfg.compare_to, cfg.compare_metric = ["best"], "ndcg@10"  # a listed method that beats both baselines
     assert evaluate(cfg)["uncertainty"]["reference"] == "best"
     cfg.resamples = 0
@@ -202,6 +205,19 @@ def test_full_ranking_of_a_retriever_and_its_rerankers(tiny_run: dict) -> None:
     assert "pop's top 5, reranked" in full_section and "a miss at every K" in full_section
     assert "| pop (retriever) | 0.0000 [0.0000, 0.0000] |" in full_section and "| perfect |" in full_section
     assert "### p-values against pop" in full_section
+
+
+def test_a_retriever_tied_with_its_target_ranks_it_below_the_ties(tiny_run: dict) -> None:
+    """The retriever is ranked by its own scores, ties against the target as for rerankers, not by its RANK
+    column (which breaks ties by item code): popularity's integer counts tie all the time."""
+    run = Path(tiny_run["run"])
+    retrieval = write_retrieval(run)  # the target at rank 2 in every other example
+    tied = retrieval.assign(**{schema.SCORE: retrieval[schema.SCORE].where(retrieval[schema.RANK] > 2, 9.0)})
+    _write(run, "retrieval.parquet", tied)  # rank 1 and the target at rank 2 score the same
+    out = evaluate(EvaluateConfig(run_dir=str(run), methods=[], baselines=["random"], retrieval="pop=retrieval.parquet",
+                                  full_ks=[1, 2], resamples=0))
+    pop = out["full_ranking"]["methods"]["pop"]
+    assert (pop["recall@1"], pop["recall@2"]) == (0, 0.5)
 
 
 def test_full_ranking_refuses_what_it_cannot_rank(tiny_run: dict) -> None:

@@ -10,10 +10,6 @@ from msr import schema
 MODELS = ("sasrec", "gru4rec", "popularity")
 LOSSES = ("ce", "bce")
 METRICS = ("ndcg", "recall")
-_RUN_FILES = (schema.ITEMS_FILE, schema.INTERACTIONS_FILE, schema.EXAMPLES_FILE, schema.ITEM_SUMMARY_TABLE,
-              schema.USER_SUMMARIES_FILE, schema.MANIFEST_FILE, schema.DATA_STATS_FILE)
-
-
 @dataclass
 class BaselineConfig:
     """Which classical sequential recommender, how it trains, what it writes.
@@ -94,8 +90,6 @@ class BaselineConfig:
         if not self.ks or min(self.ks) < 1:
             raise ValueError(f"ks must be cut-offs >= 1, got {self.ks}")
         for name in ("output", "retrieval"):
-            value = str(getattr(self, name))
-            if not value.endswith(".parquet") or Path(value).name in _RUN_FILES:
-                raise ValueError(f"{name} must be a .parquet file other than the run's own tables, got {value!r}")
+            schema.check_output_table(name, str(getattr(self, name)))
         if self.output == self.retrieval:
             raise ValueError(f"output and retrieval are the same file ({self.output})")

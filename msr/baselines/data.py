@@ -18,12 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 import torch
 
-from msr import schema
 from msr.graph.data import RunData
-from msr.rundir import RunDir
 
 PAD = 0
 
@@ -75,24 +72,3 @@ def history_rows(data: RunData, users: np.ndarray, history_len: np.ndarray, max_
     h = np.asarray(history_len, dtype=np.int64)
     length = np.minimum(h, max_len)
     return Sequences(items=data.seq_items, start=data.seq_start[np.asarray(users)] + h - length, length=length)
-
-
-def split_rows(data: RunData, split: str) -> pd.DataFrame:
-    """The examples of one split (examples.parquet rows with user_code and target_code)."""
-    return data.examples[data.examples[schema.SPLIT] == split]
-
-
-def candidate_codes(run: RunDir, data: RunData, rows: pd.DataFrame,
-                    table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """For each candidate row of `table`: the position of its example in `rows` and its item code. A code
-    of -1 would silently index the last row or item, so a candidate outside either is an error."""
-    where = pd.MultiIndex.from_frame(rows[[schema.USER, schema.HISTORY_LEN]]).get_indexer(
-        pd.MultiIndex.from_frame(table[[schema.USER, schema.HISTORY_LEN]]))
-    items = pd.Index(data.items[schema.ITEM]).get_indexer(table[schema.ITEM])
-    for codes, what in ((where, "examples"), (items, schema.ITEMS_FILE)):
-        if (codes < 0).any():
-            first = table.iloc[int(np.flatnonzero(codes < 0)[0])]
-            raise ValueError(f"{run.path(schema.EXAMPLES_FILE)}: {int((codes < 0).sum())} candidates not found in "
-                             f"{what} (the first: user {first[schema.USER]}, history_len {first[schema.HISTORY_LEN]}, "
-                             f"item {first[schema.ITEM]}): re-run `msr data prepare`")
-    return where, items

@@ -21,17 +21,16 @@ import time
 
 import pandas as pd
 import pyarrow as pa
-import scipy.sparse as sp
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from msr import schema
 from msr.baselines.config import BaselineConfig
-from msr.baselines.data import candidate_codes, history_rows, split_rows, training_windows
+from msr.baselines.data import history_rows, training_windows
 from msr.baselines.popularity import popularity_scorer
 from msr.baselines.train import build_model, fit, user_vectors
-from msr.graph.data import RunData, load_run, prefix_matrix
+from msr.graph.data import RunData, candidate_codes, history_matrix, load_run, split_rows
 from msr.graph.ranking import Scorer, dot_scorer, rank_all, recall_ndcg, retrieval_table
 from msr.models import resolve_device
 from msr.provenance import Stage, one_writer, stage_config
@@ -77,11 +76,6 @@ def eval_stage(cfg: BaselineConfig, run: RunDir) -> Stage:
     return Stage(run, f"baselines.{cfg.name}", {**trained.config, **evaluation}, inputs, outputs=outputs)
 
 
-def _history(data: RunData, rows: pd.DataFrame) -> sp.csr_matrix:
-    """Each example's history (positions [0, history_len)) as a sparse indicator, masked in ranking."""
-    return prefix_matrix(data, rows["user_code"].to_numpy(), rows[schema.HISTORY_LEN].to_numpy())
-
-
 def _encode(model: nn.Module, data: RunData, rows: pd.DataFrame, cfg: BaselineConfig,
             device: torch.device) -> torch.Tensor:
     """The user vector of each example row: the model's output at the last of its history's items."""
@@ -110,7 +104,7 @@ def train_baseline(cfg: BaselineConfig) -> dict:
                          "early stopping, users with at least 2 training interactions and 2 items; re-run `msr data prepare`")
     device = torch.device(resolve_device(cfg.device))
     model = build_model(cfg, data.n_items).to(device)
-    valid_history, valid_targets = _history(data, valid), valid["target_code"].to_numpy()
+    valid_history, valid_targets = history_matrix(data, valid), valid["target_code"].to_numpy()
 
     def validate(model: nn.Module) -> float:
         scorer = dot_scorer(_encode(model, data, valid, cfg, device), model.item_vectors().detach())
@@ -159,7 +153,7 @@ def evaluate_baseline(cfg: BaselineConfig) -> dict:
                 scorer = dot_scorer(_encode(model, data, rows, cfg, device), model.item_vectors())
             table = candidate_table(run, split)
             where, items = candidate_codes(run, data, rows, table)
-            result = rank_all(scorer, _history(data, rows), rows["target_code"].to_numpy(), cfg.retrieve_k, where, items)
+            result = rank_all(scorer, history_matrix(data, rows), rows["target_code"].to_numpy(), cfg.retrieve_k, where, items)
             metrics[split] = recall_ndcg(result.ranks, cfg.ks)
             scored.append(table.drop(columns=[schema.CUTOFF_TS]).assign(**{schema.SCORE: result.picked}))
             retrieved.append(retrieval_table(rows, data.items[schema.ITEM].to_numpy(), result.top))

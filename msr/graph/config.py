@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from msr import schema
+
 DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 
 
@@ -64,6 +66,8 @@ class GraphConfig:
             raise ValueError("learning_rate must be > 0")
         if not self.ks or min(self.ks) < 1:
             raise ValueError(f"ks must be cut-offs >= 1, got {self.ks}")
+        for name in ("output", "retrieval"):
+            schema.check_output_table(name, str(getattr(self, name)))
         if self.retrieval == self.output:
             raise ValueError(f"output and retrieval are the same file ({self.output})")
         if not (self.user_summary or self.history_titles):

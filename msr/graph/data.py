@@ -172,3 +172,30 @@ def _fill_empty(texts: list[str], placeholder: str, what: str, why: str) -> list
     if empty:
         log.warning("graph: %d of %d %s are empty (%s): embedded as %r", empty, len(texts), what, why, placeholder)
     return [t if t.strip() else placeholder for t in texts]
+
+
+def candidate_codes(run: RunDir, data: RunData, rows: pd.DataFrame,
+                    table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """For each candidate row of `table`: the position of its example in `rows` and its item code. A code
+    of -1 would silently index the last row or item, so a candidate outside either is an error."""
+    where = pd.MultiIndex.from_frame(rows[[schema.USER, schema.HISTORY_LEN]]).get_indexer(
+        pd.MultiIndex.from_frame(table[[schema.USER, schema.HISTORY_LEN]]))
+    items = pd.Index(data.items[schema.ITEM]).get_indexer(table[schema.ITEM])
+    for codes, what in ((where, "examples"), (items, schema.ITEMS_FILE)):
+        if (codes < 0).any():
+            first = table.iloc[int(np.flatnonzero(codes < 0)[0])]
+            raise ValueError(f"{run.path(schema.EXAMPLES_FILE)}: {int((codes < 0).sum())} candidates not found in "
+                             f"{what} (the first: user {first[schema.USER]}, history_len {first[schema.HISTORY_LEN]}, "
+                             f"item {first[schema.ITEM]}): re-run `msr data prepare`")
+    return where, items
+
+
+def split_rows(data: RunData, split: str) -> pd.DataFrame:
+    """The examples of one split, keeping their examples.parquet row index (the user-text row)."""
+    return data.examples[data.examples[schema.SPLIT] == split]
+
+
+def history_matrix(data: RunData, rows: pd.DataFrame) -> sp.csr_matrix:
+    """Each example's history (positions [0, history_len), the items before its cutoff) as a sparse
+    indicator, masked in ranking."""
+    return prefix_matrix(data, rows["user_code"].to_numpy(), rows[schema.HISTORY_LEN].to_numpy())

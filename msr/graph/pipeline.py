@@ -33,9 +33,11 @@ from msr.graph.build import build_item_graph, propagate
 from msr.graph.config import GraphConfig
 from msr.graph.data import (
     RunData,
+    candidate_codes,
+    history_matrix,
     item_texts,
     load_run,
-    prefix_matrix,
+    split_rows,
     train_incidence,
     user_texts,
 )
@@ -95,16 +97,6 @@ def embed(cfg: GraphConfig, run: RunDir, data: RunData) -> Features:
     return Features(items=vectors[:len(items)], users=vectors[len(items):])
 
 
-def _split_rows(data: RunData, split: str) -> pd.DataFrame:
-    """The examples of one split, keeping their examples.parquet row index (the user-text row)."""
-    return data.examples[data.examples[schema.SPLIT] == split]
-
-
-def _history(data: RunData, rows: pd.DataFrame) -> sp.csr_matrix:
-    """Each example's history (the items before its cutoff) as a sparse indicator, masked in ranking."""
-    return prefix_matrix(data, rows["user_code"].to_numpy(), rows[schema.HISTORY_LEN].to_numpy())
-
-
 @one_writer(TRAIN_STAGE)
 def train_graph(cfg: GraphConfig) -> dict:
     """Train the graph recommender (or skip when current); return the training record."""
@@ -116,7 +108,7 @@ def train_graph(cfg: GraphConfig) -> dict:
     t0 = time.perf_counter()
     key = stage.fingerprint()
     data = load_run(run)
-    train, valid = _split_rows(data, schema.TRAIN), _split_rows(data, schema.VALID)
+    train, valid = split_rows(data, schema.TRAIN), split_rows(data, schema.VALID)
     for rows, what in ((train, "training"), (valid, "validation")):
         if rows.empty:
             raise ValueError(f"{run.path(schema.EXAMPLES_FILE)} has no {what} examples: the towers train on the "
@@ -135,7 +127,7 @@ def train_graph(cfg: GraphConfig) -> dict:
                   users=train["user_code"].to_numpy(), items=train["target_code"].to_numpy(),
                   seen_keys=np.sort(coo.row.astype(np.int64) * data.n_items + coo.col), n_items=data.n_items)
     valid_users = torch.as_tensor(features.users[valid.index.to_numpy()], device=device)
-    valid_targets, valid_history = valid["target_code"].to_numpy(), _history(data, valid)
+    valid_targets, valid_history = valid["target_code"].to_numpy(), history_matrix(data, valid)
 
     def validate(towers: Towers) -> float:
         towers.eval()
@@ -151,22 +143,6 @@ def train_graph(cfg: GraphConfig) -> dict:
     log.info("graph train: best valid recall@%d %.4f at epoch %d of %d", cfg.stop_k, record["best"],
              record["best_epoch"], record["epoch"])
     return record
-
-
-def _candidate_codes(run: RunDir, data: RunData, rows: pd.DataFrame,
-                     table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """For each candidate row: the position of its example in `rows` and its item code. A code of -1
-    would silently index the last row or item, so a candidate outside either is an error."""
-    where = pd.MultiIndex.from_frame(rows[[schema.USER, schema.HISTORY_LEN]]).get_indexer(
-        pd.MultiIndex.from_frame(table[[schema.USER, schema.HISTORY_LEN]]))
-    items = pd.Index(data.items[schema.ITEM]).get_indexer(table[schema.ITEM])
-    for codes, what in ((where, "examples"), (items, schema.ITEMS_FILE)):
-        if (codes < 0).any():
-            first = table.iloc[int(np.flatnonzero(codes < 0)[0])]
-            raise ValueError(f"{run.path(schema.EXAMPLES_FILE)}: {int((codes < 0).sum())} candidates not found in "
-                             f"{what} (the first: user {first[schema.USER]}, history_len {first[schema.HISTORY_LEN]}, "
-                             f"item {first[schema.ITEM]}): re-run `msr data prepare`")
-    return where, items
 
 
 @one_writer(EVAL_STAGE)
@@ -198,14 +174,14 @@ def evaluate_graph(cfg: GraphConfig) -> dict:
     with torch.no_grad():
         item_vecs = towers.item(torch.as_tensor(propagate(graph, features.items), device=device))
         for split in (schema.VALID, schema.TEST):
-            rows = _split_rows(data, split)
+            rows = split_rows(data, split)
             user_vecs = towers.user(torch.as_tensor(features.users[rows.index.to_numpy()], device=device))
-            ranking = rank_all(dot_scorer(user_vecs, item_vecs), _history(data, rows), rows["target_code"].to_numpy(),
+            ranking = rank_all(dot_scorer(user_vecs, item_vecs), history_matrix(data, rows), rows["target_code"].to_numpy(),
                                cfg.retrieve_k)
             metrics[split] = recall_ndcg(ranking.ranks, cfg.ks)
             retrieved.append(retrieval_table(rows, data.items[schema.ITEM].to_numpy(), ranking.top))
             table = candidate_table(run, split)
-            where, items = _candidate_codes(run, data, rows, table)
+            where, items = candidate_codes(run, data, rows, table)
             table[schema.SCORE] = (user_vecs[torch.as_tensor(where, device=device)]
                                    * item_vecs[torch.as_tensor(items, device=device)]).sum(-1).cpu().numpy()
             scored.append(table.drop(columns=[schema.CUTOFF_TS]))
