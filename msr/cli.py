@@ -127,7 +127,8 @@ COMMANDS: list[tuple[tuple[str, ...], str, Callable[[Sequence[str]], None]]] = [
     (("summarize", "items"), "one paragraph per item from its image and text (VLM), cached", _summarize_items),
     (("summarize", "users"), "each example's preference text, folded block by block in time order", _summarize_users),
     (("score",), "P(Yes) for every candidate of a split (one forward per batch, shared prefix reused)", _score),
-    (("evaluate",), "scores -> AUC, HR/NDCG/MRR@K per method beside random, popularity and oracle baselines",
+    (("evaluate",), "scores -> AUC, HR/NDCG/MRR@K per method beside baselines, with 95%% intervals and "
+     "p-values; full ranking of retrieved lists",
      _evaluate),
     (("graph", "train"), "MLLMRec: embed texts, build the item-item graph from training data, fit the towers",
      _graph_train),

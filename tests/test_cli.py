@@ -14,7 +14,7 @@ import pytest
 from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor
 
 from msr import schema
-from msr.cli import main
+from msr.cli import COMMANDS, main
 
 
 def test_help_lists_stages() -> None:
@@ -24,6 +24,14 @@ def test_help_lists_stages() -> None:
     out = subprocess.run([sys.executable, "-m", "msr.cli", "data", "prepare", "--help"], capture_output=True,
                          text=True, check=True)
     assert "--user_min" in out.stdout and "--config" in out.stdout
+
+
+@pytest.mark.parametrize("words", [words for words, _, _ in COMMANDS], ids=" ".join)
+def test_every_stage_prints_its_help(words: tuple[str, ...], capsys: pytest.CaptureFixture) -> None:
+    """A help string with a bare % (argparse formats them) crashes --help: every stage's help must print."""
+    with pytest.raises(SystemExit) as stop:
+        main([*words, "--help"])
+    assert stop.value.code == 0 and f"usage: msr {' '.join(words)}" in capsys.readouterr().out
 
 
 def test_bad_key_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
