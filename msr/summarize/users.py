@@ -20,11 +20,11 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 
-import pandas as pd
 import pyarrow as pa
 from tqdm.auto import tqdm
 
 from msr import schema
+from msr.data.tables import read_table
 from msr.prompts import load_prompt
 from msr.provenance import Stage, one_writer
 from msr.rundir import JsonlLog, RunDir, digest, write_parquet
@@ -85,8 +85,8 @@ def _depth(state: State) -> int:
 def history_cutoffs(run: RunDir) -> tuple[dict[str, list[str]], dict[str, list[int]]]:
     """Each user's item sequence (chronological) and the sorted history lengths of their examples."""
     run.require(schema.INTERACTIONS_FILE, schema.EXAMPLES_FILE)
-    inter = pd.read_parquet(run.path(schema.INTERACTIONS_FILE), columns=[schema.USER, schema.ITEM])
-    examples = pd.read_parquet(run.path(schema.EXAMPLES_FILE), columns=[schema.USER, schema.HISTORY_LEN])
+    inter = read_table(run, schema.INTERACTIONS_FILE, [schema.USER, schema.ITEM])
+    examples = read_table(run, schema.EXAMPLES_FILE, [schema.USER, schema.HISTORY_LEN])
     sequences = inter.groupby(schema.USER, sort=False)[schema.ITEM].agg(list).to_dict()
     cutoffs = examples.groupby(schema.USER)[schema.HISTORY_LEN].agg(lambda s: sorted(set(s))).to_dict()
     return sequences, cutoffs
@@ -100,7 +100,7 @@ def summarize_users(cfg: SummarizeConfig, backend: Backend | None = None) -> dic
     records = load_item_summaries(run, cfg)
     item_keys = {item: record["key"] for item, record in records.items()}
     summaries = {item: record[schema.SUMMARY] for item, record in records.items()}
-    titles_frame = pd.read_parquet(run.path(schema.ITEMS_FILE), columns=[schema.ITEM, schema.TITLE])
+    titles_frame = read_table(run, schema.ITEMS_FILE, [schema.ITEM, schema.TITLE])
     titles = dict(zip(titles_frame[schema.ITEM], titles_frame[schema.TITLE]))
     model, settings = cfg.model_for("users"), cfg.settings
     names = ("user_summary_direct",) if cfg.mode == "direct" else ("user_summary_first", "user_summary_update")
