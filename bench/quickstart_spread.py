@@ -1,6 +1,6 @@
 """Benchmark: how much the quickstart's figures move with the seed and the CPU thread count.
 
-Runs `msr quickstart` (reduced size by default, so the six runs stay near 15 minutes on 2 cores) for
+Runs `msr quickstart` (reduced size by default: the six runs take ~23 minutes on 2 cores) for
 every seed x thread count, each in its own process and run directory (torch reads OMP_NUM_THREADS at
 start), and prints, per method, the mean, min and max of its test AUC and NDCG@10 over the runs, plus
 every run's figures. One seed's runs differ only in the thread count: whatever moves there is float

@@ -103,7 +103,7 @@ def quickstart(cfg: QuickstartConfig) -> dict:
     score_split(ScoreConfig(run_dir=str(run.root), model=str(tuned), output="rerank_scores.parquet", dtype="float32",
                             device="cpu", candidates=sequential["sasrec"]["retrieval"]))
     metrics = evaluate(EvaluateConfig(
-        run_dir=str(run.root), model_card=str(tuned), compare_to=list(SEQUENTIAL),
+        run_dir=str(run.root), model_card=str(tuned), compare_to=list(SEQUENTIAL), seed=cfg.seed,
         methods=["sft=scores.parquet", "zero_shot=scores_zero_shot.parquet", "graph=graph_scores.parquet"]
         + [f"{name}={b['scores']}" for name, b in sequential.items()],
         retrieval=f"sasrec={sequential['sasrec']['retrieval']}", rerank_methods=["sft=rerank_scores.parquet"]))
