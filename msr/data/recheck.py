@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from msr.data.images import MAX_IMAGE_PIXELS, OK, UNREADABLE, check_image
+from msr.data.images import MAX_IMAGE_PIXELS, OK, check_image
 from msr.data.prepare import STAGE as PREPARE_STAGE
 from msr.rundir import RunDir
 
@@ -35,14 +35,6 @@ def pixel_cap(run: RunDir) -> int:
     return int(entry.get("config", {}).get("max_image_pixels") or MAX_IMAGE_PIXELS)
 
 
-def _reason(path: str, max_pixels: int) -> str:
-    """`check_image`'s verdict, with an OS error on the way to the file (a folder we may not read) as unreadable."""
-    try:
-        return check_image(Path(path), max_pixels=max_pixels)
-    except OSError:
-        return UNREADABLE
-
-
 def recheck_images(images: Mapping[str, str | None], stage: str, max_pixels: int = MAX_IMAGE_PIXELS,
                    workers: int = 8) -> tuple[dict[str, str], Counter]:
     """Check the image of every item in `images` (item -> path, None where prepare kept none) again, under
@@ -53,8 +45,9 @@ def recheck_images(images: Mapping[str, str | None], stage: str, max_pixels: int
     logged (the first `SHOWN` by item, then one summary line), prefixed with `stage`."""
     paths = sorted({p for p in images.values() if p})
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(paths)))) as pool:
-        verdicts = dict(zip(paths, tqdm(pool.map(lambda p: _reason(p, max_pixels), paths), total=len(paths), desc="re-checking images",
-                                        unit="img", disable=len(paths) < 1000)))
+        checked = pool.map(lambda path: check_image(Path(path), max_pixels=max_pixels), paths)
+        verdicts = dict(zip(paths, tqdm(checked, total=len(paths), desc="re-checking images", unit="img",
+                                        disable=len(paths) < 1000)))
     usable, bad = {}, Counter()
     for item, path in images.items():
         if not path:
