@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -102,3 +103,17 @@ def _msr_makes_no_deprecated_call(monkeypatch: pytest.MonkeyPatch) -> None:
         return original(message, category, stacklevel + 1, source, **kwargs)
 
     monkeypatch.setattr(warnings, "warn", warn)
+
+
+@pytest.fixture
+def fresh_run(tiny_run_template: dict, tmp_path: Path) -> dict:
+    """A prepared run whose images are its own (tests break them): the template's raw data copied and prepared
+    with the template's settings, and the template's tiny models."""
+    from msr.data.prepare import PrepareConfig, prepare
+    from msr.data.synthetic import COVERS_DIR, PAIRS_FILE, TITLES_FILE
+
+    raw = Path(shutil.copytree(tiny_run_template["raw"], tmp_path / "raw"))
+    run = tmp_path / "run"
+    prepare(PrepareConfig(run_dir=str(run), interactions=str(raw / PAIRS_FILE), items=str(raw / TITLES_FILE),
+                          image_dir=str(raw / COVERS_DIR), train_targets_per_user=2, negatives_test=5))
+    return {**tiny_run_template, "run": run, "raw": raw}

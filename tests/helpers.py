@@ -7,7 +7,10 @@ import gzip
 import json
 from pathlib import Path
 
+import pytest
 from PIL import Image
+
+from msr.cli import main
 
 
 def write_jpeg(path: Path, colour: tuple[int, int, int] = (200, 30, 30)) -> None:
@@ -20,3 +23,22 @@ def write_jsonl(path: Path, rows: list, gz: bool = False, extra_lines: tuple[str
     data = ("\n".join(lines) + "\n").encode()
     path.write_bytes(gzip.compress(data, mtime=0) if gz else data)
     return path
+
+
+NO_SUMMARIES = ["--user_summary", "false", "--candidate_summary", "false"]
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
+    code = main(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_error(code: int, err: str, *named: str) -> str:
+    """Exit 2, exactly one `msr: error:` line naming each of `named`, and no traceback."""
+    lines = [line for line in err.splitlines() if line.startswith("msr: error:")]
+    assert code == 2 and len(lines) == 1, err
+    assert "Traceback" not in err, err
+    for name in named:
+        assert name in lines[0], lines[0]
+    return lines[0]

@@ -1,67 +1,26 @@
 """Bad input gets a clear error or a counted skip, never a traceback or a silent wrong answer.
 
-Part one: every mistake a user can make on the command line ends in exactly one `msr: error:` line that
-names the file, key or value, exit status 2, and no traceback, before any long work. Part two: an item
-image that breaks after `msr data prepare` (corrupt, truncated, huge, a pixel bomb, a folder, deleted) is
-counted by reason and its item asked about without an image, in item summaries, SFT rows and scoring; a
-re-run while it is still broken does nothing new, and a re-run after the repair uses the image again.
+Every mistake a user can make on the command line ends in exactly one `msr: error:` line that names the
+file, key or value, exit status 2, and no traceback, before any long work. (Images that break after
+prepare: tests/data/test_recheck.py.)
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import os
 import shutil
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from helpers import NO_SUMMARIES, assert_one_error, run_cli
 from msr import schema
-from msr.cli import main
-from msr.data import images as images_module
-from msr.data.images import MAX_IMAGE_BYTES
 from msr.data.prepare import PrepareConfig, prepare
-from msr.data.sft import CandidatePrompts, SftDataConfig, candidates, load_sft_split, write_sft_rows
+from msr.data.sft import candidates
 from msr.data.synthetic import COVERS_DIR, PAIRS_FILE, TITLES_FILE
 from msr.rundir import RunDir
-from msr.summarize.backends import Backend, GenerationSettings, Request
-from msr.summarize.config import SummarizeConfig
-from msr.summarize.items import summarize_items
-
-NO_SUMMARIES = ["--user_summary", "false", "--candidate_summary", "false"]
-
-
-def _run_cli(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
-    code = main(args)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def _assert_one_error(code: int, err: str, *named: str) -> str:
-    """Exit 2, exactly one `msr: error:` line naming each of `named`, and no traceback."""
-    lines = [line for line in err.splitlines() if line.startswith("msr: error:")]
-    assert code == 2 and len(lines) == 1, err
-    assert "Traceback" not in err, err
-    for name in named:
-        assert name in lines[0], lines[0]
-    return lines[0]
-
-
-@pytest.fixture
-def fresh_run(tiny_run_template: dict, tmp_path: Path) -> dict:
-    """A prepared run whose images are its own (tests break them): the template's raw data copied and prepared
-    with the template's settings, and the template's tiny models."""
-    raw = Path(shutil.copytree(tiny_run_template["raw"], tmp_path / "raw"))
-    run = tmp_path / "run"
-    prepare(PrepareConfig(run_dir=str(run), interactions=str(raw / PAIRS_FILE), items=str(raw / TITLES_FILE),
-                          image_dir=str(raw / COVERS_DIR), train_targets_per_user=2, negatives_test=5))
-    return {**tiny_run_template, "run": run, "raw": raw}
-
 
 # -- part one: user errors on the command line ----------------------------------------------------------
 
@@ -86,25 +45,25 @@ CONFIG_CASES = {
 @pytest.mark.parametrize("case", sorted(CONFIG_CASES))
 def test_config_mistakes_are_one_line(case: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     text, named = CONFIG_CASES[case]
-    code, _, err = _run_cli(["data", "sft", "--config", _yaml(tmp_path, text.format(run=tmp_path / "run"))], capsys)
-    _assert_one_error(code, err, *named)
+    code, _, err = run_cli(["data", "sft", "--config", _yaml(tmp_path, text.format(run=tmp_path / "run"))], capsys)
+    assert_one_error(code, err, *named)
     assert not (tmp_path / "run").exists()  # refused before the stage opened its run directory
 
 
 def test_a_wrong_override_and_a_missing_required_key_are_one_line(tmp_path: Path, capsys) -> None:
-    code, _, err = _run_cli(["data", "sft", "--run_dir", str(tmp_path), "--history_titles", "many"], capsys)
-    _assert_one_error(code, err, "--history_titles", "'many'", "msr data sft --help")
-    code, _, err = _run_cli(["data", "sft"], capsys)
-    _assert_one_error(code, err, "--run_dir")
+    code, _, err = run_cli(["data", "sft", "--run_dir", str(tmp_path), "--history_titles", "many"], capsys)
+    assert_one_error(code, err, "--history_titles", "'many'", "msr data sft --help")
+    code, _, err = run_cli(["data", "sft"], capsys)
+    assert_one_error(code, err, "--run_dir")
 
 
 def test_run_dir_that_is_a_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     target = tmp_path / "run"
     target.write_text("not a folder")
-    code, _, err = _run_cli(["data", "sft", "--run_dir", str(target)], capsys)
-    _assert_one_error(code, err, str(target), "is a file, not a folder")
-    code, _, err = _run_cli(["data", "sft", "--run_dir", str(target / "below")], capsys)
-    _assert_one_error(code, err, str(target), "is a file")
+    code, _, err = run_cli(["data", "sft", "--run_dir", str(target)], capsys)
+    assert_one_error(code, err, str(target), "is a file, not a folder")
+    code, _, err = run_cli(["data", "sft", "--run_dir", str(target / "below")], capsys)
+    assert_one_error(code, err, str(target), "is a file")
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
@@ -112,10 +71,10 @@ def test_run_dir_that_is_not_writable(fresh_run: dict, capsys: pytest.CaptureFix
     run = fresh_run["run"]
     run.chmod(0o555)
     try:
-        code, _, err = _run_cli(["data", "sft", "--run_dir", str(run), *NO_SUMMARIES], capsys)
+        code, _, err = run_cli(["data", "sft", "--run_dir", str(run), *NO_SUMMARIES], capsys)
     finally:
         run.chmod(0o755)
-    _assert_one_error(code, err, str(run), "not writable")
+    assert_one_error(code, err, str(run), "not writable")
     assert not (run / schema.SFT_DIR).exists()
 
 
@@ -135,224 +94,33 @@ def test_run_dir_writable_check_names_the_folder(tmp_path: Path, monkeypatch: py
 def test_model_paths_that_do_not_exist(fresh_run: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     run = str(fresh_run["run"])
     for missing in (str(tmp_path / "no-such-model"), "./no-such-model", "models/a/b"):
-        code, _, err = _run_cli(["summarize", "items", "--run_dir", run, "--item_model", missing], capsys)
-        _assert_one_error(code, err, f"model not found: {missing}", "org/name")
+        code, _, err = run_cli(["summarize", "items", "--run_dir", run, "--item_model", missing], capsys)
+        assert_one_error(code, err, f"model not found: {missing}", "org/name")
     assert not (fresh_run["run"] / schema.ITEM_SUMMARIES_FILE).exists()
     empty = tmp_path / "empty-folder"
     empty.mkdir()
-    code, _, err = _run_cli(["summarize", "items", "--run_dir", run, "--item_model", str(empty)], capsys)
-    _assert_one_error(code, err, f"model not found: {empty}", "config.json")
+    code, _, err = run_cli(["summarize", "items", "--run_dir", run, "--item_model", str(empty)], capsys)
+    assert_one_error(code, err, f"model not found: {empty}", "config.json")
 
 
 def test_adapter_path_that_does_not_exist(fresh_run: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     run = str(fresh_run["run"])
-    assert _run_cli(["data", "sft", "--run_dir", run, "--splits", "test", *NO_SUMMARIES], capsys)[0] == 0
+    assert run_cli(["data", "sft", "--run_dir", run, "--splits", "test", *NO_SUMMARIES], capsys)[0] == 0
     adapter = tmp_path / "no-adapter"
-    code, _, err = _run_cli(["score", "--run_dir", run, "--model", fresh_run["vlm"], "--adapter", str(adapter),
+    code, _, err = run_cli(["score", "--run_dir", run, "--model", fresh_run["vlm"], "--adapter", str(adapter),
                              "--device", "cpu"], capsys)
-    _assert_one_error(code, err, f"not found: {adapter}")
+    assert_one_error(code, err, f"not found: {adapter}")
     assert not list(fresh_run["run"].glob("scores*"))
 
 
 def test_missing_inputs_of_a_stage(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    code, _, err = _run_cli(["data", "sft", "--run_dir", str(tmp_path / "run")], capsys)
-    _assert_one_error(code, err, "items.parquet", "msr data prepare")
-    code, _, err = _run_cli(["score", "--run_dir", str(tmp_path / "run"), "--model", "x"], capsys)
-    _assert_one_error(code, err, "msr data sft")
+    code, _, err = run_cli(["data", "sft", "--run_dir", str(tmp_path / "run")], capsys)
+    assert_one_error(code, err, "items.parquet", "msr data prepare")
+    code, _, err = run_cli(["score", "--run_dir", str(tmp_path / "run"), "--model", "x"], capsys)
+    assert_one_error(code, err, "msr data sft")
 
 
-# -- part two: images that break after prepare ----------------------------------------------------------
-
-
-def _png_bomb(path: Path, side: int = 30_000) -> None:
-    """A PNG of a few hundred bytes that claims `side` x `side` pixels (a decompression bomb)."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-                     + chunk(b"IEND", b""))
-
-
-def _huge(path: Path) -> None:
-    with path.open("wb") as f:  # sparse: costs no disk
-        f.truncate(MAX_IMAGE_BYTES + 1)
-
-
-BREAKS = {  # how an image breaks -> the reason counted (None: any one reason)
-    "corrupt": (lambda p: p.write_bytes(b"\xff\xd8\xff not a jpeg any more"), "unreadable"),
-    "truncated": (lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 3]), "unreadable"),
-    "huge": (_huge, "too_large"),
-    # msr's own pixel cap when it has one; else PIL's bomb guard refuses it (as unreadable)
-    "pixel bomb": (_png_bomb, getattr(images_module, "TOO_MANY_PIXELS", None)),
-    "a folder": (lambda p: (p.unlink(), p.mkdir(), (p / "x.jpg").write_bytes(b"x")), "missing"),
-    "deleted": (lambda p: p.unlink(), "missing"),
-}
-
-
-def _victim(run: Path) -> tuple[str, Path]:
-    """An item with an image that is a candidate of the first test example (so scoring reads it)."""
-    images = pd.read_parquet(run / schema.ITEMS_FILE).set_index(schema.ITEM)[schema.IMAGE]
-    examples = pd.read_parquet(run / schema.EXAMPLES_FILE)
-    first = examples[examples[schema.SPLIT] == "test"].iloc[0].to_dict()
-    item = next(i for i, _ in candidates(first) if isinstance(images.get(i), str))
-    return item, Path(images[item])
-
-
-def _repair(path: Path, original: bytes) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-    path.write_bytes(original)
-
-
-class Recording(Backend):
-    """A backend that answers at once and keeps every request (the item summarizer's view of the prompts)."""
-
-    model_id, batch_size = "recording", 64
-
-    def __init__(self) -> None:
-        self.requests: list[Request] = []
-
-    def _generate(self, requests: list[Request], settings: GenerationSettings) -> list[str]:
-        self.requests += requests
-        return [f"summary {n}" for n in range(len(requests))]
-
-
-def _summarize(run: dict) -> tuple[dict, Recording]:
-    backend = Recording()
-    cfg = SummarizeConfig(run_dir=str(run["run"]), item_model=run["vlm"])
-    return summarize_items(cfg, backend), backend
-
-
-def _victim_rows(run: Path, item: str) -> list[dict]:
-    rows = load_sft_split(run, "test")
-    return [row for row in rows if row[schema.ITEM] == item]
-
-
-@pytest.mark.parametrize("how", list(BREAKS))
-def test_an_image_broken_after_prepare_is_counted_and_asked_without(how: str, fresh_run: dict,
-                                                                    caplog: pytest.LogCaptureFixture) -> None:
-    run = fresh_run["run"]
-    item, path = _victim(run)
-    original = path.read_bytes()
-    breaks, reason = BREAKS[how]
-    breaks(path)
-    sft = SftDataConfig(run_dir=str(run), user_summary=False, candidate_summary=False, splits=["test"])
-    with caplog.at_level(logging.WARNING, logger="msr.data.recheck"):
-        stats, backend = _summarize(fresh_run)
-        counts = write_sft_rows(sft)
-    counted = {k: v for k, v in stats.items() if k.startswith("items_image_")}
-    assert counted == ({f"items_image_{reason}": 1} if reason else {next(iter(counted)): 1}), stats
-    assert {k: v for k, v in counts.items() if k.startswith("items_image_")} == counted
-    assert any(f"item {item}:" in r.getMessage() and str(path) in r.getMessage() for r in caplog.records)
-    # item summary: the text-only prompt, under the text-only key; SFT rows and scoring: no image
-    (record,) = [r for r in _jsonl(run / schema.ITEM_SUMMARIES_FILE) if r[schema.ITEM] == item]
-    assert (record["has_image"], record["prompt"]) == (False, "item_summary_text_only")
-    assert path not in {r.image for r in backend.requests}
-    assert not any(row["images"] for row in _victim_rows(run, item))
-    prompts = CandidatePrompts(RunDir(run), sft)
-    assert item not in prompts.images and item in _images_of(run)
-    assert all(r["images"] for r in _victim_rows(run, _other_with_image(run, item)))
-    # still broken: nothing new to do, nothing crashes
-    assert _summarize(fresh_run)[0]["generated"] == 0
-    assert write_sft_rows(sft)["test"] == counts["test"]
-    # repaired: the image is used again
-    _repair(path, original)
-    stats, backend = _summarize(fresh_run)
-    assert stats["generated"] == 1 and backend.requests[0].image == path
-    assert not any(k.startswith("items_image_") for k in stats)
-    counts = write_sft_rows(sft)
-    assert not any(k.startswith("items_image_") for k in counts)
-    assert all(len(row["images"]) == 1 for row in _victim_rows(run, item))
-
-
-def _images_of(run: Path) -> dict[str, str]:
-    items = pd.read_parquet(run / schema.ITEMS_FILE)
-    return {i: p for i, p in zip(items[schema.ITEM], items[schema.IMAGE]) if isinstance(p, str)}
-
-
-def _other_with_image(run: Path, victim: str) -> str:
-    examples = pd.read_parquet(run / schema.EXAMPLES_FILE)
-    images = _images_of(run)
-    test = examples[examples[schema.SPLIT] == "test"].to_dict("records")
-    return next(i for e in test for i, _ in candidates(e) if i != victim and i in images)
-
-
-def test_every_stage_runs_through_a_broken_image_from_the_command_line(fresh_run: dict, capsys,
-                                                                       caplog: pytest.LogCaptureFixture) -> None:
-    """The real tiny VLM, through `msr`: summarize items, data sft and score finish (exit 0), count the bad image,
-    and ask about its item without it; after the repair every stage uses it again."""
-    run, vlm = str(fresh_run["run"]), fresh_run["vlm"]
-    item, path = _victim(fresh_run["run"])
-    original = path.read_bytes()
-    path.write_bytes(original[: len(original) // 3])
-    summarize = ["summarize", "items", "--run_dir", run, "--item_model", vlm, "--max_new_tokens", "1",
-                 "--batch_size", "64"]
-    sft = ["data", "sft", "--run_dir", run, "--splits", "test", *NO_SUMMARIES]
-    score = ["score", "--run_dir", run, "--model", vlm, "--device", "cpu", "--dtype", "float32",
-             "--max_examples", "1"]
-    with caplog.at_level(logging.WARNING, logger="msr.data.recheck"):
-        for args in (summarize, sft, score):
-            code, out, err = _run_cli(args, capsys)
-            assert code == 0 and "Traceback" not in err, err
-            if args is not score:
-                assert '"items_image_unreadable": 1' in out, out
-    assert sum(f"item {item}:" in r.getMessage() for r in caplog.records) == 3  # one warning per stage
-    records = [r for r in _jsonl(fresh_run["run"] / schema.ITEM_SUMMARIES_FILE) if r[schema.ITEM] == item]
-    assert [r["has_image"] for r in records] == [False]
-    scored = pd.read_parquet(fresh_run["run"] / "scores.parquet")
-    assert item in set(scored[schema.ITEM])
-
-    path.write_bytes(original)
-    caplog.clear()
-    for args in (summarize, sft):
-        code, out, err = _run_cli(args, capsys)
-        assert code == 0 and "items_image_" not in out, err
-    records = [r for r in _jsonl(fresh_run["run"] / schema.ITEM_SUMMARIES_FILE) if r[schema.ITEM] == item]
-    assert [r["has_image"] for r in records] == [False, True]
-    assert all(len(row["images"]) == 1 for row in _victim_rows(fresh_run["run"], item))
-    assert _run_cli(score, capsys)[0] == 0  # the rows changed: scored afresh, with the image
-    assert not [r for r in caplog.records if f"item {item}:" in r.getMessage()]
-
-
-def _jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def test_each_image_is_checked_once_per_run_and_warnings_are_bounded(tmp_path: Path, monkeypatch,
-                                                                     caplog: pytest.LogCaptureFixture) -> None:
-    import msr.data.recheck as recheck
-
-    seen: list[Path] = []
-
-    def check(path: Path, max_pixels: int) -> str:
-        seen.append(path)
-        return "ok" if path.name == "good.jpg" else "unreadable"
-
-    monkeypatch.setattr(recheck, "check_image", check)
-    good, bad = str(tmp_path / "good.jpg"), str(tmp_path / "bad.jpg")
-    images = {"a": good, "b": good, "c": None, **{f"x{n}": bad for n in range(recheck.SHOWN + 5)}}
-    with caplog.at_level(logging.WARNING, logger="msr.data.recheck"):
-        usable, counts = recheck.recheck_images(images, "test stage")
-    assert sorted(map(str, seen)) == [bad, good]  # once per distinct path, not once per item
-    assert usable == {"a": good, "b": good} and counts == {"items_image_unreadable": recheck.SHOWN + 5}
-    messages = [r.getMessage() for r in caplog.records]
-    assert len(messages) == recheck.SHOWN + 1
-    assert f"test stage: {recheck.SHOWN + 5} item image(s) no longer usable" in messages[-1]
-
-
-def test_later_checks_use_the_pixel_cap_prepare_used(tmp_path: Path) -> None:
-    import msr.data.recheck as recheck
-    from msr.data.images import MAX_IMAGE_PIXELS
-    from msr.provenance import Stage
-    from msr.rundir import RunDir
-
-    run = RunDir(tmp_path / "run")
-    assert recheck.pixel_cap(run) == MAX_IMAGE_PIXELS
-    Stage(run, "data.prepare", {"max_image_pixels": 10**9}, {}).commit()
-    assert recheck.pixel_cap(run) == 10**9
-
-
-# -- part three: more mistakes, found by attacking the command line as a new user --------------------------
+# -- more mistakes, found by attacking the command line as a new user --------------------------
 
 
 @pytest.fixture(scope="module")
@@ -391,8 +159,8 @@ def test_more_config_mistakes_are_one_line(case: str, tmp_path: Path, capsys: py
     words, text, named = MORE_CONFIG_CASES[case]
     path = tmp_path / "c.yaml"
     path.write_text(text.format(run=tmp_path / "run"))
-    code, _, err = _run_cli([*words, "--config", str(path)], capsys)
-    _assert_one_error(code, err, *named)
+    code, _, err = run_cli([*words, "--config", str(path)], capsys)
+    assert_one_error(code, err, *named)
     assert not (tmp_path / "run").exists()
 
 
@@ -413,8 +181,8 @@ def test_a_broken_manifest_is_one_line(text: str, named: str, prepared: Path, ca
     (prepared / schema.MANIFEST_FILE).write_text(text)
     _test_candidates(prepared).to_parquet(prepared / "mine.parquet", index=False)
     for args in (["data", "sft", *NO_SUMMARIES], ["evaluate", "--resamples", "0", "--methods", "mine=mine.parquet"]):
-        code, _, err = _run_cli([*args, "--run_dir", str(prepared)], capsys)
-        _assert_one_error(code, err, str(prepared / schema.MANIFEST_FILE), named, "delete it")
+        code, _, err = run_cli([*args, "--run_dir", str(prepared)], capsys)
+        assert_one_error(code, err, str(prepared / schema.MANIFEST_FILE), named, "delete it")
 
 
 def _cut(path: Path) -> None:
@@ -447,8 +215,8 @@ RUN_TABLE_CASES = {  # a run table damaged after prepare -> what `msr data sft` 
 def test_a_damaged_run_table_is_one_line(case: str, prepared: Path, capsys) -> None:
     damage, named = RUN_TABLE_CASES[case]
     damage(prepared)
-    code, _, err = _run_cli(["data", "sft", "--run_dir", str(prepared), *NO_SUMMARIES], capsys)
-    _assert_one_error(code, err, *named)
+    code, _, err = run_cli(["data", "sft", "--run_dir", str(prepared), *NO_SUMMARIES], capsys)
+    assert_one_error(code, err, *named)
 
 
 def _test_candidates(run: Path) -> pd.DataFrame:
@@ -486,12 +254,12 @@ def test_a_bad_score_table_is_one_line(case: str, prepared: Path, capsys) -> Non
         path.write_text(change)
     else:
         change(_test_candidates(prepared)).to_parquet(path, index=False)
-    code, out, err = _run_cli(["evaluate", "--run_dir", str(prepared), "--resamples", "0",
+    code, out, err = run_cli(["evaluate", "--run_dir", str(prepared), "--resamples", "0",
                                "--methods", "mine=mine.parquet"], capsys)
     if named is None:
         assert code == 0 and "| mine |" in out, err
     else:
-        _assert_one_error(code, err, str(path), *named)
+        assert_one_error(code, err, str(path), *named)
 
 
 @pytest.mark.parametrize("rank,named", [("text", "column rank has type"), (1.5, "not whole numbers")])
@@ -501,9 +269,9 @@ def test_a_retrieval_table_with_bad_ranks_is_one_line(rank, named: str, prepared
     table[schema.RANK] = "1" if rank == "text" else table[schema.RANK] + rank
     table.to_parquet(prepared / "ret.parquet", index=False)
     table.drop(columns=[schema.RANK]).to_parquet(prepared / "mine.parquet", index=False)
-    code, _, err = _run_cli(["evaluate", "--run_dir", str(prepared), "--resamples", "0", "--methods",
+    code, _, err = run_cli(["evaluate", "--run_dir", str(prepared), "--resamples", "0", "--methods",
                              "mine=mine.parquet", "--retrieval", "r=ret.parquet", "--full_ks", "3"], capsys)
-    _assert_one_error(code, err, "ret.parquet", named)
+    assert_one_error(code, err, "ret.parquet", named)
 
 
 EXAMPLE_COLUMNS_KEY = [schema.USER, schema.HISTORY_LEN]
@@ -517,23 +285,23 @@ def test_examples_without_negatives_are_one_line_in_evaluate(tmp_path: Path, cap
     prepare(PrepareConfig(run_dir=str(run), interactions=str(raw / PAIRS_FILE), items=str(raw / TITLES_FILE),
                           negatives_test=0))
     _test_candidates(run).to_parquet(run / "mine.parquet", index=False)
-    code, _, err = _run_cli(["evaluate", "--run_dir", str(run), "--resamples", "0", "--methods", "mine=mine.parquet"],
+    code, _, err = run_cli(["evaluate", "--run_dir", str(run), "--resamples", "0", "--methods", "mine=mine.parquet"],
                             capsys)
-    _assert_one_error(code, err, "examples.parquet", "no sampled negatives", "negatives_test >= 1")
+    assert_one_error(code, err, "examples.parquet", "no sampled negatives", "negatives_test >= 1")
 
 
 def test_synth_out_dir_that_is_a_file_or_a_broken_dataset(tmp_path: Path, capsys) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
     for out in (blocker, blocker / "below"):
-        code, _, err = _run_cli(["data", "synth", "--out_dir", str(out), "--num_users", "5", "--num_items", "30"],
+        code, _, err = run_cli(["data", "synth", "--out_dir", str(out), "--num_users", "5", "--num_items", "30"],
                                 capsys)
-        _assert_one_error(code, err, str(blocker), "is a file")
+        assert_one_error(code, err, str(blocker), "is a file")
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "truth.json").write_text("{broken")
-    code, _, err = _run_cli(["data", "synth", "--out_dir", str(tmp_path / "old"), "--num_users", "5",
+    code, _, err = run_cli(["data", "synth", "--out_dir", str(tmp_path / "old"), "--num_users", "5",
                              "--num_items", "30"], capsys)
-    _assert_one_error(code, err, "truth.json", "not the truth file")
+    assert_one_error(code, err, "truth.json", "not the truth file")
 
 
 def test_ctrl_c_is_one_line_and_exit_130(tmp_path: Path, monkeypatch, capsys) -> None:
@@ -543,5 +311,5 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path: Path, monkeypatch, capsys) ->
         raise KeyboardInterrupt
 
     monkeypatch.setattr(synthetic, "generate", interrupted)
-    code, _, err = _run_cli(["data", "synth", "--out_dir", str(tmp_path / "raw")], capsys)
+    code, _, err = run_cli(["data", "synth", "--out_dir", str(tmp_path / "raw")], capsys)
     assert code == 130 and "Traceback" not in err and "msr: interrupted; run the same command again" in err
