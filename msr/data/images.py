@@ -16,9 +16,9 @@ import warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
+from typing import BinaryIO, Sequence
 
-from PIL import Image
+from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
@@ -105,10 +105,22 @@ def check_image(path: Path | None, *, max_pixels: int = MAX_IMAGE_PIXELS) -> str
     return OK
 
 
-def load_rgb(path: str | Path) -> Image.Image:
-    """An image file as an RGB PIL image, the file closed."""
-    with Image.open(path) as img:
-        return img.convert("RGB")
+def load_rgb(source: str | Path | BinaryIO) -> Image.Image:
+    """An image (a file, or the bytes of one) as the RGB pixels every stage sees: item summaries, training rows and
+    scoring all decode through here. The EXIF orientation is applied (a phone photo stored sideways is upright) and
+    transparency is composited on white, as transformers' `convert_to_rgb` does (a plain `convert("RGB")` would
+    keep the colours hidden under transparent pixels, often black)."""
+    with Image.open(source) as img:
+        return to_rgb(img)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """`load_rgb`'s pixels for an image already opened: upright, transparency on white, RGB (a new image)."""
+    upright = ImageOps.exif_transpose(img)
+    if upright.has_transparency_data:
+        rgba = upright.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    return upright.convert("RGB")
 
 
 def _exists(path: Path) -> str:

@@ -7,6 +7,7 @@ send (`calls`), which is how the cache is shown to do its job: a re-run makes ze
 from __future__ import annotations
 
 import base64
+import io
 import logging
 import mimetypes
 import os
@@ -16,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from PIL import ExifTags, Image
 
 from msr.data.images import MAX_IMAGE_BYTES, load_rgb
 from msr.models import image_batches, load_model
@@ -105,12 +107,21 @@ class TransformersBackend(Backend):
 
 
 def image_data_url(path: Path) -> str:
-    """A base64 data URL for an image file (size-checked), as chat-completions servers accept."""
+    """A base64 data URL for an image file (size-checked), as chat-completions servers accept. A file whose pixels
+    depend on how it is decoded (an EXIF orientation, transparency, a colour mode other than RGB or grey) is sent as
+    a PNG of the pixels msr's other stages see (`load_rgb`), so the server summarizes the same picture."""
     size = path.stat().st_size
     if size > MAX_IMAGE_BYTES:
         raise ValueError(f"{path}: {size} bytes is over the {MAX_IMAGE_BYTES}-byte limit")
-    mime = mimetypes.guess_type(path.name)[0] or "image/jpeg"
-    return f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode()
+    with Image.open(path) as img:  # the header only
+        plain = img.mode in ("RGB", "L") and not img.has_transparency_data and \
+            img.getexif().get(ExifTags.Base.Orientation, 1) == 1
+    if plain:
+        mime = mimetypes.guess_type(path.name)[0] or "image/jpeg"
+        return f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode()
+    png = io.BytesIO()
+    load_rgb(path).save(png, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(png.getvalue()).decode()
 
 
 class RemoteGenerationError(RuntimeError):

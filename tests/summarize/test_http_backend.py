@@ -178,3 +178,29 @@ def test_missing_openai_sdk_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "openai", None)  # makes `import openai` raise ImportError
     with pytest.raises(ImportError, match=r'pip install "msr\[http\]"'):
         OpenAIBackend("m", "http://127.0.0.1:9/v1")
+
+
+def test_images_are_sent_as_every_stage_decodes_them(tmp_path: Path) -> None:
+    """A plain JPEG goes as its own bytes; an EXIF-rotated one and a transparent PNG as a PNG of the pixels that
+    summaries, rows and scoring see (`load_rgb`: upright, transparency on white), whatever the server's decoder."""
+    import base64
+    import io
+
+    from msr.data.images import load_rgb
+    from msr.summarize.backends import image_data_url
+
+    plain = tmp_path / "plain.jpg"
+    Image.new("RGB", (20, 10), "red").save(plain)
+    assert image_data_url(plain) == "data:image/jpeg;base64," + base64.b64encode(plain.read_bytes()).decode()
+    rotated, clear = tmp_path / "rotated.jpg", tmp_path / "clear.png"
+    image = Image.new("RGB", (20, 10), "blue")
+    exif = image.getexif()
+    exif[0x0112] = 6
+    image.save(rotated, exif=exif)
+    Image.new("RGBA", (8, 8), (0, 0, 0, 0)).save(clear)
+    for path in (rotated, clear):
+        url = image_data_url(path)
+        assert url.startswith("data:image/png;base64,")
+        sent = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+        assert sent.tobytes() == load_rgb(path).tobytes() and sent.size == load_rgb(path).size
+    assert load_rgb(rotated).size == (10, 20) and load_rgb(clear).getpixel((0, 0)) == (255, 255, 255)
