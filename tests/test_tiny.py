@@ -29,20 +29,35 @@ IMAGE_TOKENS = {"llava": [16, 16], "idefics3": [4, 4], "llava_next": [36, 52], "
 
 
 def user_turn(text: str, image: bool = True) -> dict:
-    content = [{"type": "image"}] if image else []
+    content = [{"type": "image", "image": Image.new("RGB", (56, 56), "red")}] if image else []
     return {"role": "user", "content": [*content, {"type": "text", "text": text}]}
 
 
-def assert_single_token_answers(render: Callable[..., str], tokenizer: PreTrainedTokenizerBase, messages: list[dict]):
-    """ "Yes" and "No" each add exactly one token to the generation prompt, then the end of turn (eos)."""
-    prompt = tokenizer(render(messages, add_generation_prompt=True, tokenize=False))["input_ids"]
+def answer_turn(answer: str, as_string: bool = False) -> dict:
+    return {"role": "assistant", "content": answer if as_string else [{"type": "text", "text": answer}]}
+
+
+# what follows the one-token answer in each family's published template: LLaVA-1.5 only a space (no eos); the
+# others the end-of-turn token first
+NO_EOS_AFTER_ANSWER = ("llava",)
+
+
+def assert_single_token_answers(processor, tokenizer: PreTrainedTokenizerBase, messages: list[dict], family: str):
+    """ "Yes" and "No" each add exactly one token to the generation prompt, tokenized as transformers tokenizes a
+    chat for generation, then (where the published template has one) the end of turn."""
+    as_string = family == "text"
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
+    prompt = list(prompt["input_ids"])
+    prompt = prompt[0] if isinstance(prompt[0], list) else prompt
     for answer in ("Yes", "No"):
-        answered = messages + [{"role": "assistant", "content": [{"type": "text", "text": answer}]}]
-        full = tokenizer(render(answered, add_generation_prompt=False, tokenize=False))["input_ids"]
+        full = processor.apply_chat_template(messages + [answer_turn(answer, as_string)], tokenize=True,
+                                             return_dict=True)["input_ids"]
+        full = full[0] if isinstance(full[0], list) else full
         assert full[: len(prompt)] == prompt
-        answer_id, end_of_turn = full[len(prompt) : len(prompt) + 2]
-        assert tokenizer.decode([answer_id]).strip() == answer
-        assert end_of_turn == tokenizer.eos_token_id
+        tail = full[len(prompt):]
+        assert tokenizer.decode(tail[:1]).strip() == answer
+        assert not tokenizer.decode(tail[1:], skip_special_tokens=True).strip()
+        assert (tail[1] == tokenizer.eos_token_id) == (family not in NO_EOS_AFTER_ANSWER)
     assert not {"Yes", " Yes", "No", " No"} & set(tokenizer.get_added_vocab())
 
 
@@ -92,9 +107,9 @@ def test_vlm_generates(vlm_dir: Path):
 
 def test_vlm_answers_are_single_tokens(vlm_dir: Path):
     processor = AutoProcessor.from_pretrained(vlm_dir)
-    system = {"role": "system", "content": "You predict what a user engages with."}
-    for messages in ([user_turn(QUESTION)], [system, user_turn(QUESTION)], [{"role": "user", "content": QUESTION}]):
-        assert_single_token_answers(processor.apply_chat_template, processor.tokenizer, messages)
+    system = {"role": "system", "content": [{"type": "text", "text": "You predict what a user engages with."}]}
+    for messages in ([user_turn(QUESTION)], [system, user_turn(QUESTION)], [user_turn(QUESTION, image=False)]):
+        assert_single_token_answers(processor, processor.tokenizer, messages, vlm_dir.name)
 
 
 def test_vlm_config_matches_its_tokenizer(vlm_dir: Path):
@@ -137,26 +152,47 @@ def test_text_lm(tmp_path: Path):
     assert model.config.model_type == "llama"
     assert model.config.pad_token_id == tokenizer.pad_token_id == tokenizer.convert_tokens_to_ids("<pad>")
 
-    system = {"role": "system", "content": "You predict what a user engages with."}
-    messages = [system, user_turn(QUESTION, image=False)]
-    assert_single_token_answers(tokenizer.apply_chat_template, tokenizer, messages)
+    for messages in ([{"role": "user", "content": QUESTION}],
+                     [{"role": "system", "content": "You predict what a user engages with."},
+                      {"role": "user", "content": QUESTION}]):
+        assert_single_token_answers(tokenizer, tokenizer, messages, "text")
+    with pytest.raises(TypeError):  # like SmolLM2's and Qwen2.5's templates, it takes string content only
+        tokenizer.apply_chat_template([user_turn(QUESTION, image=False)], tokenize=False)
 
     batch = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     generated = model.generate(**batch, max_new_tokens=3, do_sample=False)
     assert batch["input_ids"].shape[1] < generated.shape[1] <= batch["input_ids"].shape[1] + 3
 
 
+# where the bos comes from, as in the published checkpoints: the tokenizer adds it (LLaVA's Llama / Mistral
+# tokenizers), the template prints it (SmolVLM), or there is none (ChatML: Qwen-VL, the text LM)
+BOS_FROM = {"llava": "tokenizer", "llava_next": "tokenizer", "idefics3": "template", "qwen2_vl": None,
+            "qwen2_5_vl": None, "qwen3_vl": None, "text": None}
+
+
 @pytest.mark.parametrize("family", [*VLM_FAMILIES, "text"])
-def test_template_brings_its_own_bos(family: str):
+def test_bos_comes_from_where_the_published_puts_it(family: str):
     tokenizer = train_tokenizer(TEXTS, family)
-    messages = [user_turn(QUESTION, image=False)]
+    messages = [user_turn(QUESTION, image=False) if family != "text" else {"role": "user", "content": QUESTION}]
     rendered = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     ids = tokenizer(rendered)["input_ids"]
-    assert ids == tokenizer.apply_chat_template(messages, add_generation_prompt=True)["input_ids"]
-    if tokenizer.bos_token is None:  # the Qwen-VL families have no bos: the first turn opens the prompt
-        assert rendered.startswith("<|im_start|>")
-    else:
-        assert ids[0] == tokenizer.bos_token_id and ids.count(tokenizer.bos_token_id) == 1
+    assert BOS_FROM[family] == ("template" if rendered.startswith(tokenizer.bos_token or "\0") else
+                                "tokenizer" if tokenizer.bos_token and ids[0] == tokenizer.bos_token_id else None)
+    if tokenizer.bos_token:
+        assert ids.count(tokenizer.bos_token_id) == 1
+
+
+def test_llava_tokenizers_normalize_as_sentencepiece():
+    """The legacy Llama/Mistral normalizer: every stretch of text between added tokens gets a leading "▁", so an
+    answer tokenized alone starts with a bare "▁" (what TRL's collator trained on), in context it is one token."""
+    for family in ("llava", "llava_next"):
+        tokenizer = train_tokenizer(TEXTS, family)
+        alone = tokenizer.convert_ids_to_tokens(tokenizer(" Yes", add_special_tokens=False)["input_ids"])
+        assert alone == ["\u2581", "\u2581Yes"]
+        in_context = tokenizer.convert_ids_to_tokens(tokenizer("ASSISTANT: Yes")["input_ids"])
+        assert in_context[0] == "<s>" and in_context[-1] == "\u2581Yes"
+        assert tokenizer.convert_ids_to_tokens(tokenizer("a\nb", add_special_tokens=False)["input_ids"])[1] == "<0x0A>"
+        assert tokenizer.decode(tokenizer("naïve ☃")["input_ids"], skip_special_tokens=True) == "naïve ☃"  # bytes
 
 
 def test_unknown_family_is_rejected(tmp_path: Path):

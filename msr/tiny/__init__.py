@@ -8,6 +8,7 @@ conventions every family keeps are in `msr.tiny.tokenizer`.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,22 +18,28 @@ from transformers import (
     AutoModel,
     AutoModelForCausalLM,
     AutoModelForImageTextToText,
+    AutoProcessor,
+    AutoTokenizer,
     BertConfig,
     PreTrainedConfig,
     PreTrainedModel,
+    PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
     ProcessorMixin,
 )
 
-from msr.tiny.families import BUILDERS, IMAGE_SIZE, PATCH_SIZE, TextShape, text_config
+from msr.tiny.families import FAMILIES, IMAGE_SIZE, PATCH_SIZE, TextShape, text_config
 from msr.tiny.tokenizer import train_tokenizer
 
-VLM_FAMILIES: tuple[str, ...] = tuple(BUILDERS)
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".safetensors.index.json", ".bin.index.json")
+
+VLM_FAMILIES: tuple[str, ...] = tuple(FAMILIES)
 # families whose rotary positions are 3-D (M-RoPE), computed from the images' grids
 MROPE_FAMILIES: tuple[str, ...] = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 
 __all__ = ["IMAGE_SIZE", "MROPE_FAMILIES", "PATCH_SIZE", "VLM_FAMILIES", "TextShape", "TinyConfig",
-           "build_from_config", "build_tiny_encoder", "build_tiny_lm", "build_tiny_vlm", "train_tokenizer"]
+           "build_around_processor", "build_from_config", "build_tiny_encoder", "build_tiny_lm", "build_tiny_vlm",
+           "family_of", "train_tokenizer"]
 
 
 @dataclass
@@ -44,6 +51,10 @@ class TinyConfig:
     run_dir: str | None = field(default=None, metadata={"help": "Train the tokenizer on this run's item "
                                 "titles and descriptions (after `msr data prepare`)."})
     seed: int = field(default=0, metadata={"help": "Seed of the random weights."})
+    processor_dir: str | None = field(default=None, metadata={
+        "help": "Instead: tiny random weights around this folder's published processor (tokenizer, chat template, "
+                "image processor: e.g. a checkpoint's files without its weights), of the family its processor "
+                "class names; `family` is then ignored."})
 
     def validate(self) -> None:
         if self.family not in (*VLM_FAMILIES, "text"):
@@ -52,6 +63,8 @@ class TinyConfig:
 
 def build_from_config(cfg: TinyConfig) -> Path:
     """Build the model `cfg` describes; its tokenizer learns the run's item texts when a run is given."""
+    if cfg.processor_dir is not None:
+        return build_around_processor(cfg.processor_dir, cfg.out_dir, cfg.seed)
     texts: list[str] = []
     if cfg.run_dir is not None:
         import pandas as pd
@@ -73,12 +86,58 @@ def build_tiny_vlm(out_dir: str | Path, family: str = "llava", texts: Iterable[s
     """Saves a tiny random VLM of `family` and its processor to `out_dir`, for the Auto classes to load.
 
     The same seed gives identical weights. `shape` sizes the language model (the benchmarks use larger ones)."""
-    if family not in BUILDERS:
+    if family not in FAMILIES:
         raise ValueError(f"unknown VLM family {family!r}; expected one of {VLM_FAMILIES}")
-    tokenizer = train_tokenizer(texts, family, vocab_size)
-    config, processor = BUILDERS[family](tokenizer, shape)
-    model = _init_model(AutoModelForImageTextToText, config, seed)
+    processor = FAMILIES[family].processor(train_tokenizer(texts, family, vocab_size))
+    model = _init_model(AutoModelForImageTextToText, FAMILIES[family].config(processor, shape), seed)
     return _save(out_dir, model, processor)
+
+
+def family_of(processor: ProcessorMixin | PreTrainedTokenizerBase) -> str:
+    """The msr.tiny family of a loaded processor (by its class), or "text" for a bare tokenizer."""
+    if not isinstance(processor, ProcessorMixin):
+        return "text"
+    name = type(processor).__name__
+    found = [family for family, spec in FAMILIES.items() if spec.processor_class == name]
+    if not found:
+        raise ValueError(f"{name} is not the processor of a family msr.tiny builds ({', '.join(VLM_FAMILIES)})")
+    return found[0]
+
+
+# files of a published checkpoint that describe the model, not its processor: build_around_processor writes its own
+_MODEL_FILES = ("config.json", "generation_config.json")
+
+
+def build_around_processor(processor_dir: str | Path, out_dir: str | Path, seed: int = 0,
+                           shape: TextShape = TextShape(max_positions=32768)) -> Path:
+    """Tiny random weights around a published processor: copy `processor_dir`'s processor files (tokenizer, chat
+    template, image-processor config; not its model config or weights) into `out_dir` and save beside them a tiny
+    model of the processor's family whose config fits that processor (image size, patches, tiling, special-token
+    ids, vocabulary). The result loads as the real checkpoint would (the same tokenizer class, normalizer and
+    template), so msr's code paths run on the published tokenization offline. A text-only tokenizer gets a tiny
+    Llama causal LM."""
+    source, out_dir = Path(processor_dir), Path(out_dir)
+    if not source.is_dir():
+        raise FileNotFoundError(f"processor_dir: {source} is not a folder")
+    try:
+        processor = AutoProcessor.from_pretrained(source)
+    except (OSError, ValueError):
+        try:
+            processor = AutoTokenizer.from_pretrained(source)
+        except (OSError, ValueError):
+            raise FileNotFoundError(f"{source} holds no processor or tokenizer files that transformers can load "
+                                    "(tokenizer_config.json, preprocessor_config.json, ...)") from None
+    family = family_of(processor)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for file in source.iterdir():
+        if file.is_file() and file.name not in _MODEL_FILES and not file.name.endswith(_WEIGHT_SUFFIXES):
+            shutil.copyfile(file, out_dir / file.name)
+    if family == "text":
+        model = _init_model(AutoModelForCausalLM, text_config(processor, shape), seed)
+    else:
+        model = _init_model(AutoModelForImageTextToText, FAMILIES[family].config(processor, shape), seed)
+    model.save_pretrained(out_dir)
+    return out_dir
 
 
 def build_tiny_lm(out_dir: str | Path, texts: Iterable[str] = (), seed: int = 0) -> Path:
