@@ -55,12 +55,20 @@ class LoadedModel:
     name: str
 
     def chat_inputs(self, conversations: list[list[dict]]) -> Any:
-        """Padded model inputs for conversations rendered with the generation prompt (image parts
-        carry their PIL image), on the model's device. Padding side is the tokenizer's."""
-        padding = {"processor_kwargs": {"padding": True}} if self.is_vlm else {"padding": True}
-        return self.processor.apply_chat_template(
-            conversations, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt",
-            **padding).to(self.model.device)
+        """Left-padded model inputs for conversations rendered with the generation prompt (image parts carry their
+        PIL image), on the model's device."""
+        return encode_chat(self.processor, self.is_vlm, conversations, generation_prompt=True).to(self.model.device)
+
+
+def encode_chat(processor: Any, is_vlm: bool, conversations: list[list[dict]], *, generation_prompt: bool,
+                padding_side: str = "left", pad_to_multiple_of: int | None = None) -> Any:
+    """Padded model inputs (CPU tensors) for whole conversations, rendered by the model's chat template and tokenized
+    as the processor (VLM) or tokenizer (text LM) does for generation: the one tokenization of msr's questions."""
+    padding = {"padding": True, "padding_side": padding_side, "pad_to_multiple_of": pad_to_multiple_of}
+    kwargs = {"processor_kwargs": padding} if is_vlm else {"padding": True, "tokenizer_kwargs": {
+        "padding_side": padding_side, "pad_to_multiple_of": pad_to_multiple_of}}
+    return processor.apply_chat_template(conversations, add_generation_prompt=generation_prompt, tokenize=True,
+                                         return_dict=True, return_tensors="pt", **kwargs)
 
 
 def image_batches(has_image: Sequence[bool], size: int) -> Iterator[list[int]]:
@@ -188,6 +196,27 @@ def load_model(name: str, dtype: str = "auto", device: str = "auto", load_in_4bi
     log.info("loaded %s%s (%s, %s, %s%s)", name, f" + adapter {adapter}" if adapter else "",
              "VLM" if vlm else "LM", device, torch_dtype, ", 4-bit" if load_in_4bit else "")
     return LoadedModel(model, processor, tokenizer, vlm, name)
+
+
+def convert_gguf(gguf_file: str | Path, out_dir: str | Path, dtype: str = "float32") -> Path:
+    """A GGUF checkpoint (llama.cpp's format, e.g. a PyPI or Hub download) as an ordinary transformers folder: the
+    weights dequantized to `dtype`, the tokenizer and chat template rebuilt from the file's metadata (needs the
+    `gguf` package). Every msr stage then loads the folder as any other model."""
+    source = Path(gguf_file).expanduser()
+    if not source.is_file() or source.suffix != ".gguf":
+        raise FileNotFoundError(f"gguf not found: {gguf_file} is not a .gguf file")
+    kwargs = {"gguf_file": source.name}
+    tokenizer = AutoTokenizer.from_pretrained(str(source.parent), **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(str(source.parent), dtype=resolve_dtype(dtype, "cpu"), **kwargs)
+    # the weights are plain tensors once dequantized; only the marker of where they came from stops saving them
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    out = Path(out_dir)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    log.info("converted %s -> %s (%s parameters, %s)", source, out, f"{model.num_parameters():,}", dtype)
+    return out
 
 
 def cap_pixels(processor: Any, max_pixels: int, name: str = "the model") -> None:

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from msr.data.sft import answer_messages, recommendation_messages
-from msr.data.images import load_rgb
 from msr.models import LoadedModel, image_batches
+from msr.parity import check_parity, question_inputs
 
 log = logging.getLogger(__name__)
 
@@ -31,32 +31,10 @@ MROPE_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
 POSITION_UNSAFE = ("glm4v", "glm4v_moe")
 # per-token inputs the processor returns beside input_ids, sliced like the ids for the suffix
 _PER_TOKEN = ("mm_token_type_ids", "token_type_ids")
-
-
-def _render(processor, messages: list[dict], **kwargs) -> str:
-    return processor.apply_chat_template(messages, tokenize=False, **kwargs)
-
-
-def answer_token_ids(loaded: LoadedModel) -> tuple[int, int]:
-    """The ids of "Yes" and "No" exactly as they follow the generation prompt.
-
-    Raises ValueError when either answer is not one token there (scoring its first token would
-    then compare word pieces, not answers), naming what the tokenizer produced."""
-    tokenizer = loaded.tokenizer
-    prompt = recommendation_messages("What we know about the user: likes hats.", 'Title: "Hat".', False)
-    prompt_ids = tokenizer(_render(loaded.processor, prompt, add_generation_prompt=True),
-                           add_special_tokens=False)["input_ids"]
-    ids = []
-    for label, answer in ((1, "Yes"), (0, "No")):
-        full = tokenizer(_render(loaded.processor, prompt + answer_messages(label)), add_special_tokens=False)["input_ids"]
-        tail = full[len(prompt_ids):]
-        if full[:len(prompt_ids)] != prompt_ids or not tail or tokenizer.decode(tail[:1]).strip() != answer \
-                or tokenizer.decode(tail[1:], skip_special_tokens=True).strip():
-            pieces = tokenizer.convert_ids_to_tokens(tail)
-            raise ValueError(f"{loaded.name}: {answer!r} is not a single token after the generation prompt "
-                             f"(the answer tokenizes as {pieces}); P(Yes) cannot be read from one logit")
-        ids.append(tail[0])
-    return ids[0], ids[1]
+# a shared prefix shorter than this is not worth its own pass (and the cache copies): the batch runs whole. It is
+# what the llava-hf templates leave when the candidates have images (they render a turn's images before its text,
+# so the candidates share only `<s> USER: ` / `<s> [INST] `)
+MIN_SHARED_PREFIX = 32
 
 
 def _multimodal_ids(loaded: LoadedModel) -> set[int]:
@@ -73,12 +51,25 @@ def _multimodal_ids(loaded: LoadedModel) -> set[int]:
     return ids
 
 
-class Scorer:
-    """Scores candidate batches of one model (with or without a LoRA adapter loaded on it)."""
+def probe_row(label: int = 1) -> dict:
+    """A question of msr's shape, without an image, for checking a model before any run's rows exist."""
+    return {"prompt": recommendation_messages("What we know about the user: likes hats.\n", 'Title: "Hat".', False),
+            "completion": answer_messages(label), "images": []}
 
-    def __init__(self, loaded: LoadedModel, prefix_reuse: bool = True, batch_size: int = 32):
+
+class Scorer:
+    """Scores candidate batches of one model (with or without a LoRA adapter loaded on it).
+
+    On creation it runs the parity guard (`msr.parity.check_parity`) on `row` (a prompt/completion row of the run;
+    by default a probe question) and its twin with or without an image: the ids it will read are the ids training
+    supervises, or it refuses. Text-only LMs get the same questions without the images, counted in `images_not_shown`."""
+
+    def __init__(self, loaded: LoadedModel, prefix_reuse: bool = True, batch_size: int = 32, row: dict | None = None):
         self.loaded = loaded
-        self.yes, self.no = answer_token_ids(loaded)
+        try:
+            self.yes, self.no = check_parity(loaded.processor, loaded.is_vlm, row or probe_row())
+        except ValueError as err:
+            raise type(err)(f"{loaded.name}: {err}") from None
         self.batch_size = batch_size
         model_type = loaded.model.config.model_type
         self.prefix_reuse = prefix_reuse and model_type not in POSITION_UNSAFE
@@ -88,22 +79,21 @@ class Scorer:
         self.rope_index = _rope_index_owner(loaded.model) if model_type in MROPE_TYPES else None
         self.stop_ids = _multimodal_ids(loaded)
         self.reused_tokens = 0  # prefix tokens not recomputed thanks to prefix reuse
+        self.images_not_shown = 0  # candidates whose image a text-only LM cannot see
         loaded.tokenizer.padding_side = "left"
 
     def score(self, conversations: list[list[dict]], images: list[str | None]) -> np.ndarray:
         """P(Yes) for each conversation (candidates of one example, sharing their user part)."""
         out = np.empty(len(conversations), dtype=np.float64)
+        if not self.loaded.is_vlm:
+            self.images_not_shown += sum(1 for image in images if image)
         for chunk in image_batches(images, self.batch_size):
             out[chunk] = self._batch([conversations[i] for i in chunk], [images[i] for i in chunk])
         return out
 
     def _inputs(self, conversations: list[list[dict]], images: list[str | None]) -> dict:
-        filled = []
-        for messages, image in zip(conversations, images):
-            content = [dict(part, image=load_rgb(image)) if part["type"] == "image" else part
-                       for part in messages[0]["content"]]
-            filled.append([{"role": "user", "content": content}])
-        return self.loaded.chat_inputs(filled)
+        rows = [{"prompt": messages, "images": [image] if image else []} for messages, image in zip(conversations, images)]
+        return question_inputs(self.loaded.processor, self.loaded.is_vlm, rows).to(self.loaded.model.device)
 
     @torch.inference_mode()
     def _batch(self, conversations: list[list[dict]], images: list[str | None]) -> np.ndarray:
@@ -125,7 +115,7 @@ class Scorer:
         marks = [i for i, t in enumerate(first.tolist()) if t in self.stop_ids]
         length = min(length, marks[0] if marks else length, shortest - 1)
         model = self.loaded.model
-        if length == 0:
+        if length < MIN_SHARED_PREFIX:
             return model(**inputs, logits_to_keep=1).logits[:, -1]
         device, n = ids.device, len(rows)
         full_positions = self._full_positions(inputs)  # (B, L), or (3, B, L) for M-RoPE

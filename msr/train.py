@@ -2,8 +2,9 @@
 
 `recipes/sft.py` is the script users launch (`accelerate launch recipes/sft.py --config ...`);
 this module holds what it does, so the quickstart and the tests run the very same code.
-Completion-only loss comes from TRL itself (prompt/completion rows), the collator is TRL's, the
-adapters are PEFT's. Training resumes from the last complete checkpoint in `output_dir`, and only
+The trainer is TRL's, the adapters PEFT's; the collator is TRL's vision-language collator extended
+(`msr.parity.QuestionCollator`) to tokenize each row as the scorer does, with the loss on the answer only, for VLMs
+and text-only LMs alike; a parity guard checks it on the actual processor before training starts. Training resumes from the last complete checkpoint in `output_dir`, and only
 when that checkpoint was made with the same settings and the same rows (a fingerprint kept beside
 it): resuming another configuration's checkpoint would silently train, or skip, the wrong thing.
 """
@@ -22,14 +23,19 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
+import datasets
+import pyarrow.compute as pc
+from datasets import Dataset
 from peft import LoraConfig
 from transformers.trainer_utils import get_last_checkpoint
 from trl import ModelConfig, SFTConfig, SFTTrainer
 
 from msr import __version__, schema
 from msr.checkpoints import last_complete_checkpoint, set_aside_incomplete_checkpoints
+from msr.data.sft import STAGE as SFT_STAGE
 from msr.data.sft import load_sft_split
-from msr.models import load_model, lora_target_regex, model_identity
+from msr.models import is_vision_model, load_model, lora_target_regex, model_identity
+from msr.parity import ParityError, QuestionCollator, check_parity
 from msr.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -122,6 +128,11 @@ def _check(training: SFTConfig, model_cfg: ModelConfig) -> None:
         raise ValueError("model_name_or_path is required")
     if model_cfg.load_in_4bit and not model_cfg.use_peft:
         raise ValueError("load_in_4bit (QLoRA) needs use_peft: true; 4-bit weights cannot be trained directly")
+    if training.completion_only_loss is False:
+        raise ValueError("completion_only_loss must be true or null: msr trains the answer only (a loss over the "
+                         "prompt teaches the model to write prompts, the public MLLM-MSR code's defect)")
+    if training.packing or training.padding_free:
+        raise ValueError("packing and padding_free must be false: each msr row is one question, collated as a whole")
 
 
 def peft_config(model_cfg: ModelConfig, model) -> LoraConfig | None:
@@ -152,18 +163,52 @@ def _own_copy(training: SFTConfig) -> SFTConfig:
 def build_trainer(script: SftScriptArguments, training: SFTConfig, model_cfg: ModelConfig) -> SFTTrainer:
     """The SFTTrainer for a recipe: rows from the run, the model from msr.models, LoRA on the LM."""
     _check(training, model_cfg)
-    train_rows = load_sft_split(script.run_dir, script.train_split)
-    eval_rows = load_sft_split(script.run_dir, script.eval_split) if script.eval_split else None
-    if script.max_train_rows:
-        train_rows = train_rows.select(range(min(script.max_train_rows, len(train_rows))))
-    if eval_rows is not None and script.max_eval_rows:
-        eval_rows = eval_rows.select(range(min(script.max_eval_rows, len(eval_rows))))
+    vlm = is_vision_model(model_cfg.model_name_or_path, training.trust_remote_code)
+    train_rows = _rows(script.run_dir, script.train_split, script.max_train_rows, vlm, "training")
+    eval_rows = _rows(script.run_dir, script.eval_split, script.max_eval_rows, vlm, "evaluation") \
+        if script.eval_split else None
     loaded = load_model(model_cfg.model_name_or_path, model_cfg.dtype or "auto",
                         load_in_4bit=model_cfg.load_in_4bit, trust_remote_code=training.trust_remote_code,
                         for_training=True, max_pixels=script.max_pixels)
-    return SFTTrainer(model=loaded.model, args=_own_copy(training), train_dataset=train_rows,
-                      eval_dataset=eval_rows, processing_class=loaded.processor,
+    try:
+        check_parity(loaded.processor, loaded.is_vlm, train_rows[0])
+    except ParityError as err:
+        raise ParityError(f"{loaded.name}: {err}") from None
+    args = _own_copy(training)
+    # the rows reach msr's collator whole (prompt, completion, images); TRL neither drops nor pre-tokenizes them
+    args.remove_unused_columns = False
+    args.dataset_kwargs = {**(args.dataset_kwargs or {}), "skip_prepare_dataset": True}
+    collator = QuestionCollator(processor=loaded.processor, is_vlm=loaded.is_vlm,
+                                pad_to_multiple_of=training.pad_to_multiple_of)
+    return SFTTrainer(model=loaded.model, args=args, train_dataset=train_rows, eval_dataset=eval_rows,
+                      processing_class=loaded.processor, data_collator=collator,
                       peft_config=peft_config(model_cfg, loaded.model))
+
+
+def _rows(run_dir: str, split: str, limit: int | None, is_vlm: bool, what: str) -> Dataset:
+    """The first `limit` rows of a split, as msr's collator reads them (`rows_for_model`). datasets' caching is off
+    meanwhile: a cast writes its result as a cache file beside the dataset, inside the run's sft folder, which would
+    make the rows look edited to every later stage (with caching off it goes to a temporary folder)."""
+    caching = datasets.is_caching_enabled()
+    datasets.disable_caching()
+    try:
+        rows = load_sft_split(run_dir, split)
+        return rows_for_model(rows.select(range(min(limit, len(rows)))) if limit else rows, is_vlm, what)
+    finally:
+        if caching:
+            datasets.enable_caching()
+
+
+def rows_for_model(rows: Dataset, is_vlm: bool, what: str) -> Dataset:
+    """The rows as msr's collator reads them: images left as the bytes the rows store, for `msr.parity.as_image`
+    to decode as scoring does; a text-only LM gets no images (each row that had one is counted and logged)."""
+    if is_vlm:
+        return rows.cast_column("images", datasets.List(datasets.Image(decode=False)))
+    shown = pc.sum(pc.greater(pc.list_value_length(rows.data.column("images")), 0)).as_py() or 0
+    if shown:
+        log.info("text-only model: %d of %d %s rows have an image it cannot see; they are asked without it",
+                 shown, len(rows), what)
+    return rows.remove_columns("images")
 
 
 def _plain(value):
@@ -213,8 +258,27 @@ def training_fingerprint(script: SftScriptArguments, training: SFTConfig, model_
             "eval": rows_digest(script.run_dir, script.eval_split) if script.eval_split else None}
     model = {**_settings(model_cfg, set()), "identity": model_identity(model_cfg.model_name_or_path)}
     fingerprint = {"script": _settings(script, not_script), "training": _settings(training, not_training),
-                   "model": model, "rows": rows, "launch": {"world_size": training.world_size}}
+                   "model": model, "rows": rows, "question": question_settings(script.run_dir),
+                   "launch": {"world_size": training.world_size}}
     return json.loads(json.dumps(fingerprint, sort_keys=True))
+
+
+def question_settings(run_dir: str | Path) -> dict:
+    """The prompt settings the run's rows were written with (`msr data sft`'s recorded config): what question the
+    model learns to answer, which `msr score` must ask in the same words."""
+    return RunDir(run_dir).manifest()["stages"].get(SFT_STAGE, {}).get("config", {})
+
+
+def read_training_record(folder: str | Path) -> dict | None:
+    """What training recorded in an output folder (adapter or fully fine-tuned model), or None where msr did not
+    train it (a base model, an adapter from elsewhere)."""
+    path = Path(folder) / FINGERPRINT_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path}: not a readable training record ({err}); retrain into a fresh output_dir") from None
 
 
 def claim_output_dir(out: Path, fingerprint: dict, restart: bool = False) -> None:

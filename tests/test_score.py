@@ -92,14 +92,29 @@ def test_mrope_suffix_needs_the_rope_index_positions(tmp_path: Path, family: str
     assert np.abs(plain - reference).max() > 1e-4
 
 
-def test_refuses_answers_that_are_not_one_token(tiny_run: dict, tmp_path: Path) -> None:
-    model_dir = tmp_path / "vlm"
-    shutil.copytree(tiny_run["vlm"], model_dir)
-    template = (model_dir / "chat_template.jinja").read_text()
-    assert "'ASSISTANT: ' + render(" in template
-    (model_dir / "chat_template.jinja").write_text(template.replace("'ASSISTANT: ' + render(", "'ASSISTANT: maybe ' + render("))
-    with pytest.raises(ValueError, match="'Yes' is not a single token"):
-        Scorer(load_model(str(model_dir), "float32", "cpu"))
+def _edited_template(source: str, folder: Path, old: str, new: str) -> str:
+    shutil.copytree(source, folder)
+    template = (folder / "chat_template.jinja").read_text()
+    assert old in template
+    (folder / "chat_template.jinja").write_text(template.replace(old, new))
+    return str(folder)
+
+
+def test_refuses_answers_that_are_not_one_token(family_models: dict[str, str], tmp_path: Path) -> None:
+    model = _edited_template(family_models["llava"], tmp_path / "vlm", "m['role'].upper() + ': '",
+                             "m['role'].upper() + ': maybe '")
+    with pytest.raises(ValueError, match=r"'Yes' is not a single token after the generation prompt: the answer "
+                                         r"tokenizes as \['\u2581m', 'a', 'y', 'b', 'e', '\u2581Yes'"):
+        Scorer(load_model(model, "float32", "cpu"))
+
+
+def test_names_text_after_the_answer_as_the_problem(family_models: dict[str, str], tmp_path: Path) -> None:
+    """LLaVA-NeXT's 2024 template wrote a literal `<\\s> ` after the answer: "Yes" is still one token, and the
+    refusal says what is wrong instead."""
+    model = _edited_template(family_models["llava_next"], tmp_path / "vlm", "eos_token + ' '", "'<\\\\s> '")
+    with pytest.raises(ValueError, match=r"'Yes' is one token \('\u2581Yes'\), but the chat template renders text "
+                                         r"after it, '<\\\\s>'"):
+        Scorer(load_model(model, "float32", "cpu"))
 
 
 @pytest.mark.parametrize("family", VLM_FAMILIES)
