@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
@@ -22,11 +23,12 @@ from tqdm.auto import tqdm
 
 from msr import schema
 from msr.data.sft import STAGE as SFT_STAGE
-from msr.data.sft import CandidatePrompts, SftDataConfig, candidates, question_inputs
+from msr.data.sft import CandidatePrompts, SftDataConfig, answer_messages, candidates, question_inputs
 from msr.models import load_model, model_identity, resolve_device
 from msr.provenance import Stage, one_writer, require_current, stage_config
 from msr.rundir import JsonlLog, RunDir, write_parquet
 from msr.score import Scorer
+from msr.train import FINGERPRINT_FILE, read_training_record, rows_digest
 from msr.scored import EXAMPLE_KEY, read_retrieval, retrieved_for
 
 log = logging.getLogger(__name__)
@@ -49,7 +51,8 @@ class ScoreConfig:
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda (under accelerate: its device)."})
     load_in_4bit: bool = field(default=False, metadata={"help": "Load the base model in 4 bits."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Run code shipped with the checkpoint."})
-    max_pixels: int | None = field(default=None, metadata={"help": "As in training (Qwen2-VL family)."})
+    max_pixels: int | None = field(default=None, metadata={"help": "Pixel cap per image (Qwen2-VL family); by default "
+                                   "the value training recorded beside the adapter, which a different one contradicts."})
     candidates: str | None = field(default=None, metadata={
         "help": "A retrieval table inside the run directory (user_id, history_len, item_id, score, rank: a "
                 "retriever's top-K items per example, from `msr baselines evaluate` or `msr graph evaluate`): "
@@ -105,6 +108,53 @@ def example_candidates(run: RunDir, cfg: ScoreConfig, examples: pd.DataFrame) ->
             for (user, history_len), group in rows.groupby(EXAMPLE_KEY, sort=False)}
 
 
+def _guard_row(prompts: CandidatePrompts, example: dict, to_score: dict) -> dict:
+    """The parity guard's row: the first candidate of the first example to score, asked as scoring asks it."""
+    item, label = to_score[_example_key(example[schema.USER], example[schema.HISTORY_LEN])][0]
+    messages, image = prompts.messages(example[schema.USER], example[schema.HISTORY_LEN], item)
+    return {"prompt": messages, "completion": answer_messages(label), "images": [image] if image else []}
+
+
+def bind_to_training(run: RunDir, cfg: ScoreConfig, settings: SftDataConfig) -> None:
+    """Hold scoring to what the adapter (or fully fine-tuned model) was trained on, as its `msr_training.json`
+    records: `max_pixels` comes from there (a contradicting `--max_pixels` is refused), the run's prompt settings
+    must be those training read, and when it trained on this run, on the very rows the run holds now. Anything
+    else would score a question the model never learned, silently."""
+    folder = cfg.adapter or cfg.model
+    record = read_training_record(folder) if Path(folder).is_dir() else None
+    if record is None:
+        if cfg.adapter:
+            log.warning("%s has no %s: msr cannot check which prompts and image size it was trained on",
+                        cfg.adapter, FINGERPRINT_FILE)
+        return
+    source = Path(folder) / FINGERPRINT_FILE
+    trained_pixels = record.get("script", {}).get("max_pixels")
+    if cfg.max_pixels is None:
+        cfg.max_pixels = trained_pixels
+    elif cfg.max_pixels != trained_pixels:
+        raise ValueError(f"max_pixels: {cfg.max_pixels} contradicts the {trained_pixels} that {folder} was trained "
+                         f"with ({source}); drop --max_pixels to use the trained value, or retrain")
+    trained, now = record.get("question"), stage_config(settings)
+    if trained is None:  # recorded by an msr from before prompt settings were kept: the rows' digest still binds
+        trained = now
+    changed = sorted(k for k in set(trained) | set(now) if trained.get(k) != now.get(k))
+    if changed:
+        said = ", ".join(f"{k}: {trained.get(k)!r} when trained, {now.get(k)!r} now" for k in changed)
+        raise ValueError(f"{run.root}: the rows' prompt settings changed since {folder} was trained ({said}); "
+                         "scoring would ask a question the model never learned: rebuild the rows with the trained "
+                         "settings (msr data sft), or retrain")
+    script = record.get("script", {})
+    if Path(script.get("run_dir", "")).resolve() != run.root.resolve():
+        log.warning("%s was trained on the rows of %s, not of this run: scored with this run's questions",
+                    folder, script.get("run_dir"))
+        return
+    split = script.get("train_split", "train")
+    if record.get("rows", {}).get("train") != rows_digest(run.root, split):
+        raise ValueError(f"{run.path(f'{schema.SFT_DIR}/{split}')} changed since {folder} was trained on it (new "
+                         "summaries, prompts or images): the model learned other questions than scoring would ask "
+                         "now; retrain (recipes/sft.py)")
+
+
 @one_writer(lambda cfg: f"score.{cfg.output}.{os.environ.get('RANK', '0')}")  # one lock per process rank
 def score_split(cfg: ScoreConfig) -> pd.DataFrame:
     """Score the split (resuming), merge the shards, write `cfg.output`; return the table."""
@@ -121,6 +171,7 @@ def score_split(cfg: ScoreConfig) -> pd.DataFrame:
     settings = _prompt_settings(run)
     require_current(run, SFT_STAGE, "msr data sft --force, then retrain: the model learned other prompts than "
                     "scoring would ask now")
+    bind_to_training(run, cfg, settings)
     stage = score_stage(run, cfg, settings)
     prompts = CandidatePrompts(run, settings)
     examples = pd.read_parquet(run.path(schema.EXAMPLES_FILE))
@@ -135,7 +186,7 @@ def score_split(cfg: ScoreConfig) -> pd.DataFrame:
         device = str(state.device) if state.num_processes > 1 else cfg.device
         loaded = load_model(cfg.model, cfg.dtype, device, cfg.load_in_4bit, cfg.trust_remote_code,
                             max_pixels=cfg.max_pixels, adapter=cfg.adapter)
-        scorer = Scorer(loaded, cfg.prefix_reuse, cfg.batch_size)
+        scorer = Scorer(loaded, cfg.prefix_reuse, cfg.batch_size, row=_guard_row(prompts, todo[0], to_score))
         for e in tqdm(todo, desc=f"scoring {cfg.split}", unit="example", disable=not state.is_local_main_process):
             key = _example_key(e[schema.USER], e[schema.HISTORY_LEN])
             items = to_score[key]
@@ -144,6 +195,8 @@ def score_split(cfg: ScoreConfig) -> pd.DataFrame:
             shard.append([{"key": key, schema.USER: e[schema.USER],
                            schema.HISTORY_LEN: int(e[schema.HISTORY_LEN]), "items": [i for i, _ in items],
                            "labels": [label for _, label in items], schema.P_YES: p_yes.tolist()}])
+        if scorer.images_not_shown:
+            log.info("%s is a text-only model: %d candidates' images were not shown", cfg.model, scorer.images_not_shown)
     state.wait_for_everyone()
     if not state.is_main_process:
         return pd.DataFrame()

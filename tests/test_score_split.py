@@ -144,3 +144,36 @@ def test_two_processes_share_the_examples_and_the_main_one_merges(scored_run: di
     assert merged[[schema.USER, schema.HISTORY_LEN, schema.ITEM]].equals(single[[schema.USER, schema.HISTORY_LEN,
                                                                                   schema.ITEM]])
     assert np.allclose(merged[schema.P_YES], single[schema.P_YES], atol=1e-5)
+
+
+def test_scoring_is_bound_to_what_the_adapter_was_trained_on(scored_run: dict, tmp_path: Path) -> None:
+    """`msr score --adapter` takes max_pixels from the adapter's training record, refuses a contradicting value,
+    rows rebuilt with other prompt settings, and rows whose content changed since training."""
+    from trl import ModelConfig, SFTConfig
+
+    from msr.tiny import build_tiny_vlm
+    from msr.train import SftScriptArguments, train
+
+    run = Path(scored_run["run"])
+    model = str(build_tiny_vlm(tmp_path / "qwen", "qwen2_5_vl", ["a red hat"]))
+    pixels = 4 * 28 * 28
+    adapter = train(SftScriptArguments(run_dir=str(run), eval_split=None, max_train_rows=4, max_pixels=pixels),
+                    SFTConfig(output_dir=str(tmp_path / "adapter"), use_cpu=True, bf16=False, max_length=None,
+                              max_steps=1, per_device_train_batch_size=4, save_strategy="no", report_to="none"),
+                    ModelConfig(model_name_or_path=model, dtype="float32", use_peft=True, lora_r=4, lora_alpha=8))
+    cfg = ScoreConfig(run_dir=str(run), model=model, adapter=str(adapter), device="cpu", max_examples=1)
+    score_split(cfg)
+    recorded = json.loads((run / schema.MANIFEST_FILE).read_text())["stages"]["score.scores.parquet"]["config"]
+    assert recorded["max_pixels"] == pixels  # as trained, though not given
+    with pytest.raises(ValueError, match=rf"max_pixels: 6272 contradicts the {pixels} that .* was trained with"):
+        score_split(ScoreConfig(run_dir=str(run), model=model, adapter=str(adapter), max_pixels=6272))
+    settings = dict(run_dir=str(run), user_summary=False, candidate_summary=False, splits=["train"])
+    write_sft_rows(SftDataConfig(**settings, history_titles=5))
+    with pytest.raises(ValueError, match=r"prompt settings changed since .* \(history_titles: 3 when trained, 5 now\)"):
+        score_split(ScoreConfig(run_dir=str(run), model=model, adapter=str(adapter)))
+    items = pd.read_parquet(run / schema.ITEMS_FILE)
+    items[schema.TITLE] = items[schema.TITLE] + " (2nd edition)"
+    write_parquet(run / schema.ITEMS_FILE, pa.Table.from_pandas(items, preserve_index=False))
+    write_sft_rows(SftDataConfig(**settings, history_titles=3))
+    with pytest.raises(ValueError, match=r"sft/train changed since .* was trained on it"):
+        score_split(ScoreConfig(run_dir=str(run), model=model, adapter=str(adapter)))
