@@ -109,6 +109,12 @@ def _tiny(argv: Sequence[str]) -> None:
     print(f"tiny model in {out}")
 
 
+def _convert_gguf(argv: Sequence[str]) -> None:
+    from msr.convert import GgufConfig, convert
+
+    print(f"transformers model in {convert(parse_config(GgufConfig, argv, prog='msr convert gguf'))}")
+
+
 def _quickstart(argv: Sequence[str]) -> None:
     from msr.quickstart import QuickstartConfig, quickstart
 
@@ -138,7 +144,8 @@ COMMANDS: list[tuple[tuple[str, ...], str, Callable[[Sequence[str]], None]]] = [
      _baselines_train),
     (("baselines", "evaluate"), "a sequential baseline (or popularity): candidate scores, full ranking, top-K lists",
      _baselines_evaluate),
-    (("tiny",), "build a tiny random VLM or text LM offline (tests, quickstart)", _tiny),
+    (("tiny",), "build a tiny random VLM or text LM offline, or tiny weights around a published processor", _tiny),
+    (("convert", "gguf"), "a GGUF checkpoint (llama.cpp) -> a transformers folder, weights dequantized", _convert_gguf),
 ]
 
 

@@ -161,10 +161,12 @@ HUB_FAMILIES: tuple[tuple[str, str], ...] = (
     (r"llava-v1\.6|llava-next|llava_next", "llava_next"),
     (r"smolvlm|idefics3", "idefics3"),
     (r"llava-1\.5|llava-v1\.5", "llava"),
+    # text-only chat LMs (the text recommender): msr.tiny's Llama with a string-only ChatML template
+    (r"qwen2\.5-\d|qwen3-\d|llama-3|smollm", "text"),
 )
 # config.json model_type of a local checkpoint -> family
 MODEL_TYPE_FAMILIES = {"llava": "llava", "llava_next": "llava_next", "idefics3": "idefics3", "qwen2_vl": "qwen2_vl",
-                       "qwen2_5_vl": "qwen2_5_vl", "qwen3_vl": "qwen3_vl"}
+                       "qwen2_5_vl": "qwen2_5_vl", "qwen3_vl": "qwen3_vl", "llama": "text"}
 # settings that only a GPU can run, replaced for the CPU; everything else in a recipe stays as it is
 CPU_OVERRIDES = {"use_cpu": "true", "bf16": "false", "dtype": "float32", "dataloader_num_workers": "0"}
 # module names that must never be LoRA-wrapped (vision tower, projector/connector, merger, lm_head)
@@ -201,7 +203,9 @@ def tiny_family(model: str) -> str | None:
     ("llava-hf/llava-v1.6-mistral-7b-hf", "llava_next"), ("llava-hf/llama3-llava-next-8b-hf", "llava_next"),
     ("HuggingFaceTB/SmolVLM-500M-Instruct", "idefics3"), ("HuggingFaceM4/Idefics3-8B-Llama3", "idefics3"),
     ("llava-hf/llava-1.5-7b-hf", "llava"), ("runs/quickstart-recipe/models/vlm", "llava"),
-    ("Qwen/Qwen2-VL-7B-Instruct", "qwen2_vl"), ("google/gemma-3-4b-it", None), ("runs/nowhere/models/vlm", None)])
+    ("Qwen/Qwen2-VL-7B-Instruct", "qwen2_vl"), ("google/gemma-3-4b-it", None), ("runs/nowhere/models/vlm", None),
+    ("Qwen/Qwen2.5-1.5B-Instruct", "text"), ("meta-llama/Meta-Llama-3-8B-Instruct", "text"),
+    ("HuggingFaceTB/SmolLM2-135M-Instruct", "text")])
 def test_tiny_family_of_a_model_name(model: str, family: str | None) -> None:
     assert tiny_family(model) == family
 
@@ -222,10 +226,12 @@ def recipe_rows(tiny_run_template: dict, tmp_path_factory: pytest.TempPathFactor
 
 
 def _tiny_model(rows: dict, family: str) -> str:
-    from msr.tiny import build_tiny_vlm
+    from msr.tiny import build_tiny_lm, build_tiny_vlm
 
     if family not in rows["models"]:
-        rows["models"][family] = str(build_tiny_vlm(rows["root"] / family, family, rows["titles"], seed=0))
+        folder = rows["root"] / family
+        rows["models"][family] = str(build_tiny_lm(folder, rows["titles"]) if family == "text" else
+                                     build_tiny_vlm(folder, family, rows["titles"], seed=0))
     return rows["models"][family]
 
 
