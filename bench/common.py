@@ -26,10 +26,10 @@ from msr.tiny import TextShape, build_tiny_vlm
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, vocab_size: bool = True,
-                        families: tuple[str, ...] = ("llava",)) -> None:
+                        families: tuple[str, ...] = ("llava",), default_family: str = "llava") -> None:
     """The thread count and the random model's shape, as every model benchmark takes them; with `vocab_size`
     (the VLM benchmarks, whose model `build_vlm` builds) also its vocabulary, key/value heads and family, one
-    of `families` (the msr.tiny VLM families the benchmark supports), llava by default."""
+    of `families` (the msr.tiny VLM families the benchmark supports), `default_family` by default."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     parser.add_argument("--threads", type=int, default=cores, help="torch threads (default: the cores).")
     parser.add_argument("--hidden", type=int, default=512)
@@ -39,8 +39,9 @@ def add_model_arguments(parser: argparse.ArgumentParser, vocab_size: bool = True
     if vocab_size:
         parser.add_argument("--kv_heads", type=int, default=None, help="Key/value heads (default: --heads).")
         parser.add_argument("--vocab_size", type=int, default=1024)
-        parser.add_argument("--family", choices=families, default="llava",
-                            help=f"msr.tiny VLM family of the random model: {', '.join(families)} (default: llava).")
+        parser.add_argument("--family", choices=families, default=default_family,
+                            help=f"msr.tiny VLM family of the random model: {', '.join(families)} "
+                                 f"(default: {default_family}).")
 
 
 def matmul_ms(rows: int = 16, repeats: int = 50) -> float:

@@ -2,24 +2,21 @@
 
 What `msr score` runs, on msr-shaped prompts, offline:
 
-- model: a random-weight LLaVA (Llama text model --hidden 512 x --layers 6, --intermediate 1536,
-  ~21.7M parameters in all; msr.tiny's small CLIP tower, 56x56 images in 14-pixel patches = 16 image
-  tokens) with msr.tiny's BPE tokenizer (trained on the prompts' texts) and LlavaProcessor, saved to
-  a temp dir and loaded back by `msr.models.load_model(..., "float32", "cpu")` (the real
-  `from_pretrained` path).
+- model: a random-weight VLM of --family (default qwen2_5_vl, the recipes' default; any msr.tiny VLM family), a
+  language model of --hidden 512 x --layers 6, --intermediate 1536 (~21.6M parameters in all) with msr.tiny's small
+  vision tower, tokenizer (trained on the prompts' texts), real processor classes and a chat template that renders
+  the family's published format; saved to a temp dir and loaded back by `msr.models.load_model(..., "float32",
+  "cpu")` (the real `from_pretrained` path).
 - prompts: --users users with --candidates candidates each (1 positive + 20 negatives), built as
   `msr data sft` builds them (`recommendation_parts` with the `recommend_user` / `recommend_candidate`
   prompts, `recommendation_messages`): the user part (a --user_words word preference text and
-  --history history titles, ~300 tokens) is shared by the user's candidates; each candidate has its
-  own 56x56 JPEG cover (a file), a title and a --summary_words word item summary (~60 tokens with its
-  16 image tokens and the question).
-- --family qwen2_5_vl: the same, with `msr.tiny.build_tiny_vlm(family="qwen2_5_vl")`: a random
-  Qwen2.5-VL (Qwen2 text model of the same --hidden x --layers shape, M-RoPE; msr.tiny's small
-  Qwen2.5-VL vision tower with window attention and the 2x2 patch merger) with the real
-  Qwen2_5_VLProcessor (Qwen2VLImageProcessor) and the Qwen chat format. Covers are 112x112 JPEGs:
-  8x8 patches of 14 pixels merged 2x2 = 16 image tokens (28 pixels per token), as many as LLaVA's.
-  msr's Scorer prefills the text prefix once and gives the suffix its 3-D positions from the
-  model's own get_rope_index over the full prompt.
+  --history history titles, ~300 tokens), then the candidate's own cover (a JPEG file, 16 image tokens where the
+  family allows: `COVER_SIZE`), title and a --summary_words word item summary.
+- what is shared: the user part comes before the candidate's image, so every candidate of a user shares the chat
+  header and the user part, except where the family's published template renders a turn's images before its
+  text (LLaVA-1.5, LLaVA-NeXT): there only the turn header (`<s> USER: ` / `<s> [INST] `) is shared and prefix
+  reuse saves next to nothing. The M-RoPE families (Qwen2-VL, Qwen2.5-VL, Qwen3-VL) get the suffix's 3-D
+  positions from the model's own get_rope_index over the full prompt.
 
 Each method scores every candidate of every user, 21 candidates of a user in one left-padded batch
 (images loaded from their files and run through the processor inside the timed region on all sides):
@@ -46,7 +43,7 @@ merger), and the language model, to show where the time goes.
 Prints one JSON object on its last line.
 
     python bench/score_throughput.py
-    python bench/score_throughput.py --family qwen2_5_vl
+    python bench/score_throughput.py --family llava_next
     python bench/score_throughput.py --users 8 --repeats 5
     python bench/score_throughput.py --hidden 128 --layers 2 --intermediate 384 --users 2 --repeats 1  # smoke
 """
@@ -64,11 +61,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from transformers.utils import logging as hf_logging
 
 from msr.data.sft import recommendation_messages, recommendation_parts
 from msr.models import load_model
+from msr.parity import question_inputs
 from msr.prompts import load_prompt
 from msr.score import Scorer
 from msr.tiny import IMAGE_SIZE
@@ -85,9 +82,11 @@ from common import (
     matmul_ms,
 )
 
-# per family: the covers' side in pixels, 16 image tokens each (LLaVA: 4x4 patches of 14 pixels; Qwen2.5-VL:
-# 8x8 patches of 14 pixels merged 2x2, 28 pixels per token)
-COVER_SIZE = {"llava": IMAGE_SIZE, "qwen2_5_vl": 112}
+# per family: the covers' side in pixels, 16 image tokens each where the family allows (LLaVA: 4x4 patches of 14
+# pixels; Qwen2-VL/Qwen2.5-VL: 8x8 patches of 14 pixels merged 2x2, 28 pixels per token; Qwen3-VL: 8x8 of 16 pixels
+# merged 2x2); LLaVA-NeXT adds its anyres tiles and Idefics3 its 2x2 pixel shuffle (4 tokens) to the same 56 pixels
+COVER_SIZE = {"qwen2_5_vl": 112, "llava": IMAGE_SIZE, "llava_next": IMAGE_SIZE, "idefics3": IMAGE_SIZE,
+              "qwen2_vl": 112, "qwen3_vl": 128}
 
 # --------------------------------------------------------------------------- prompts
 
@@ -122,17 +121,10 @@ def make_users(root: Path, args: argparse.Namespace) -> tuple[list[tuple[list[li
 
 
 def processor_inputs(loaded, conversations: list[list[dict]], images: list[str]) -> dict:
-    """The left-padded batch, built as msr.score.Scorer builds it (images loaded from their files)."""
-    filled = []
-    for messages, path in zip(conversations, images):
-        with Image.open(path) as img:
-            rgb = img.convert("RGB")
-        content = [dict(part, image=rgb) if part["type"] == "image" else part for part in messages[0]["content"]]
-        filled.append([{"role": "user", "content": content}])
-    loaded.tokenizer.padding_side = "left"
-    return loaded.processor.apply_chat_template(
-        filled, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt",
-        processor_kwargs={"padding": True}).to(loaded.model.device)
+    """The left-padded batch exactly as msr.score.Scorer builds it (`msr.parity.question_inputs`: images decoded
+    from their files by `load_rgb`)."""
+    rows = [{"prompt": messages, "images": [path]} for messages, path in zip(conversations, images)]
+    return question_inputs(loaded.processor, loaded.is_vlm, rows).to(loaded.model.device)
 
 
 class Generate:
@@ -168,7 +160,8 @@ def profile(loaded, scorer: Scorer, conversations, images) -> dict[str, float]:
     spans: list[float] = []
     starts: list[float] = []
     hooks = []
-    vision = [getattr(model.model, name) for name in ("vision_tower", "multi_modal_projector", "visual")
+    vision = [getattr(model.model, name) for name in ("vision_tower", "multi_modal_projector", "visual", "vision_model",
+                                                     "connector")
               if hasattr(model.model, name)]
     for module in vision:
         hooks.append(module.register_forward_pre_hook(lambda *a: starts.append(time.perf_counter())))
@@ -207,7 +200,7 @@ def main() -> None:
     parser.add_argument("--user_words", type=int, default=170, help="Preference text of this many (+20) words.")
     parser.add_argument("--summary_words", type=int, default=8, help="Candidate summary cut to this many words.")
     parser.add_argument("--history", type=int, default=10, help="History titles in the user part.")
-    add_model_arguments(parser, families=tuple(COVER_SIZE))
+    add_model_arguments(parser, families=tuple(COVER_SIZE), default_family="qwen2_5_vl")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -12,10 +12,10 @@ What `msr.train.train` runs, on msr-shaped rows, offline:
   with the `recommend_user` / `recommend_candidate` prompts: a 60-100 word preference text, 5
   history titles, then the image, a candidate title + summary; `recommendation_messages` /
   `answer_messages`, Yes or No), one 56x56 JPEG cover each,
-  written as files, cast to `datasets.List(datasets.Image())`, saved to and loaded from disk.
+  written as files, cast to `datasets.List(datasets.Image())`, saved where a run keeps them (`sft/train`).
 
-(a) trainer: `trl.SFTTrainer` built as `msr.train.train` builds it (processing_class=processor,
-    peft_config), SFTConfig's defaults except use_cpu, bf16=False, max_length=None,
+(a) trainer: `trl.SFTTrainer` built by `msr.train.build_trainer` (msr's QuestionCollator, which tokenizes each
+    row's whole conversation as the scorer does, after the parity guard), SFTConfig's defaults except use_cpu, bf16=False, max_length=None,
     report_to=none, save_strategy=no and the settings listed in `trainer_settings` (the flags
     below; --activation_checkpointing is off unless asked, TRL's default is on). A TrainerCallback
     records time.perf_counter() at every on_step_end; the time of optimizer step k is
@@ -89,17 +89,17 @@ from transformers import (
     TrainerCallback,
 )
 from transformers.utils import logging as hf_logging
-from trl import ModelConfig, SFTConfig, SFTTrainer
+from trl import ModelConfig, SFTConfig
 
 from msr.data.sft import answer_messages, recommendation_messages, recommendation_parts
 from msr.models import load_model
 from msr.prompts import load_prompt
 from msr.tiny import IMAGE_SIZE
-from msr.train import peft_config
+from msr.train import SftScriptArguments, build_trainer, peft_config
 
 
-def make_rows(root: Path, n: int, history: int, seed: int) -> tuple[datasets.Dataset, list[str]]:
-    """`msr data sft`-shaped rows saved to and loaded from disk, and the texts the tokenizer learns."""
+def make_rows(root: Path, n: int, history: int, seed: int) -> list[str]:
+    """Write `msr data sft`-shaped rows into `root/run/sft/train`; return the texts the tokenizer learns."""
     rng = np.random.default_rng(seed)
     prompts = (load_prompt("recommend_user"), load_prompt("recommend_candidate"))
     covers = root / "covers"
@@ -115,10 +115,10 @@ def make_rows(root: Path, n: int, history: int, seed: int) -> tuple[datasets.Dat
         rows.append({"images": [str(path)], "prompt": recommendation_messages(user_part, candidate_part, True),
                      "completion": answer_messages(label), "user": str(k % 50), "item": str(k), "label": label})
         texts += [user, summary, *titles]
-    # exactly as msr.data.sft.write_sft_rows writes them and load_sft_split reads them
+    # exactly as msr.data.sft.write_sft_rows writes them, where msr.train.build_trainer reads them (a run's sft/train)
     dataset = datasets.Dataset.from_list(rows).cast_column("images", datasets.List(datasets.Image()))
-    dataset.save_to_disk(str(root / "sft_train"))
-    return datasets.load_from_disk(str(root / "sft_train")), texts
+    dataset.save_to_disk(str(root / "run" / "sft" / "train"))
+    return texts
 
 
 # --------------------------------------------------------------------------- timing
@@ -205,20 +205,20 @@ def _ms(values: list[float]) -> float:
     return round(statistics.median(values) * 1e3, 1)
 
 
-def run(model_dir: Path, dataset: datasets.Dataset, out_dir: Path, args: argparse.Namespace) -> dict:
-    """(a) SFTTrainer as msr.train.train builds it, and (b) the bare loop on the batches the trainer trained on."""
+def run(model_dir: Path, out_dir: Path, args: argparse.Namespace) -> dict:
+    """(a) SFTTrainer as msr.train.build_trainer builds it, and (b) the bare loop on the batches the trainer trained on."""
     model_cfg = ModelConfig(model_name_or_path=str(model_dir), use_peft=True, dtype="float32")
+    script = SftScriptArguments(run_dir=str(out_dir.parent / "run"), eval_split=None)
     training = SFTConfig(
         output_dir=str(out_dir), use_cpu=True, bf16=False, max_length=None, report_to="none", save_strategy="no",
         per_device_train_batch_size=args.batch_size, max_steps=args.warmup + args.steps, seed=args.seed,
         activation_checkpointing=args.activation_checkpointing, logging_steps=args.logging_steps,
         max_grad_norm=args.max_grad_norm, dataloader_num_workers=args.dataloader_num_workers,
         disable_tqdm=args.disable_tqdm)
-    loaded = load_model(str(model_dir), "float32", for_training=True)
     clock = StepClock()
-    trainer = SFTTrainer(model=loaded.model, args=training, train_dataset=dataset,
-                         processing_class=loaded.processor, peft_config=peft_config(model_cfg, loaded.model),
-                         callbacks=[clock])
+    trainer = build_trainer(script, training, model_cfg)  # msr's collator, rows as msr reads them, the parity guard
+    trainer.add_callback(clock)
+    dataset = trainer.train_dataset
     bare = BareLoop(model_dir, training, model_cfg, args.bare_checkpointing)
     batches: list[dict[str, torch.Tensor]] = []
     first_loss: list[float] = []
@@ -325,12 +325,12 @@ def main() -> None:
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        dataset, texts = make_rows(root, args.rows, args.history, args.seed)
+        texts = make_rows(root, args.rows, args.history, args.seed)
         model_dir = root / "vlm"
         params = build_vlm(model_dir, texts, args)
         setup_s = time.perf_counter() - start
         probe = [matmul_ms()]
-        result = run(model_dir, dataset, root / "out", args)
+        result = run(model_dir, root / "out", args)
         probe.append(matmul_ms())
     batches = result["batches"]
     tokens = [int(b["attention_mask"].sum()) for b in batches]
