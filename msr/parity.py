@@ -96,21 +96,34 @@ class QuestionCollator(DataCollatorForVisionLanguageModeling):
     def _collate_prompt_completion(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         prompts = [fill(e["prompt"], e.get("images") or [], self.is_vlm) for e in examples]
         whole = [p + fill(e["completion"], [], self.is_vlm) for p, e in zip(prompts, examples)]
-        asked = encode_chat(self.processor, self.is_vlm, prompts, generation_prompt=True, padding_side="right")
+        answer_lengths = self._answer_lengths(prompts, whole)
         output = encode_chat(self.processor, self.is_vlm, whole, generation_prompt=False, padding_side="right",
                              pad_to_multiple_of=self.pad_to_multiple_of)
-        labels = output["input_ids"].clone()
-        labels[output["attention_mask"] == 0] = -100
-        for r in range(len(examples)):
-            n = int(asked["attention_mask"][r].sum())
-            prompt, conversation = asked["input_ids"][r, :n].tolist(), output["input_ids"][r].tolist()
-            if conversation[:n] != prompt:
-                raise ParityError(f"row {r}: the prompt's ids are not a prefix of the whole conversation's, so the "
-                                  f"trained answer would not follow the scored prompt ({first_difference(self.processor, conversation, prompt)}); "
-                                  "the chat template renders the prompt differently once the answer follows")
-            labels[r, :n] = -100
+        labels = torch.full_like(output["input_ids"], -100)
+        for r, answer in enumerate(answer_lengths):
+            n = int(output["attention_mask"][r].sum())
+            labels[r, n - answer:n] = output["input_ids"][r, n - answer:n]
         output["labels"] = labels
         return output
+
+    def _answer_lengths(self, prompts: list[list[dict]], whole: list[list[dict]]) -> list[int]:
+        """How many tokens follow each prompt in its whole conversation, from the rendered texts tokenized without
+        the images expanded (the processor replaces each image placeholder by that image's tokens, which neither
+        moves the prompt's end nor touches the answer after it; the images are processed once, with the whole
+        conversation). A prompt whose ids are not a prefix of its conversation's is refused."""
+        render = self.processor.apply_chat_template
+        tokenizer = getattr(self.processor, "tokenizer", self.processor)
+        asked = tokenizer(render(prompts, add_generation_prompt=True, tokenize=False), add_special_tokens=False)
+        said = tokenizer(render(whole, tokenize=False), add_special_tokens=False)
+        lengths = []
+        for r, (prompt, conversation) in enumerate(zip(asked["input_ids"], said["input_ids"])):
+            if conversation[:len(prompt)] != prompt:
+                raise ParityError(f"row {r}: the prompt's ids are not a prefix of the whole conversation's, so the "
+                                  "trained answer would not follow the scored prompt ("
+                                  f"{first_difference(self.processor, conversation, prompt)}); the chat template "
+                                  "renders the prompt differently once the answer follows")
+            lengths.append(len(conversation) - len(prompt))
+        return lengths
 
 
 def _text(messages: list[dict]) -> str:
