@@ -68,13 +68,21 @@ def test_user_errors_are_one_line_and_bugs_keep_their_traceback(error: Exception
 @pytest.mark.slow
 def test_quickstart_runs_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixture,
                                      caplog: pytest.LogCaptureFixture) -> None:
+    """Reduced, on the recipes' default family (Qwen2.5-VL, M-RoPE, scored with prefix reuse; the full-size test
+    below runs the quickstart's default, LLaVA-1.5): every stage, then a no-op re-run, then a retrain."""
     run = tmp_path / "qs"
-    args = ["quickstart", "--run_dir", str(run), "--num_users", "60", "--num_items", "60", "--epochs", "2"]
-    assert main(args) == 0
+    args = ["quickstart", "--run_dir", str(run), "--num_users", "60", "--num_items", "60", "--epochs", "2",
+            "--family", "qwen2_5_vl"]
+    with caplog.at_level(logging.INFO):
+        assert main(args) == 0
+    assert not [r for r in caplog.records if "no prefix reuse" in r.getMessage()]
     printed = capsys.readouterr().out
     assert "msr quickstart: done" in printed and "| popularity |" in printed
+    assert json.loads((run / "models" / "vlm" / "config.json").read_text())["model_type"] == "qwen2_5_vl"
+    assert type(AutoProcessor.from_pretrained(run / "sft_model")).__name__ == "Qwen2_5_VLProcessor"
     metrics = json.loads((run / "metrics.json").read_text())["methods"]
     assert set(metrics) == {"sft", "zero_shot", "graph", "sasrec", "gru4rec", "random", "popularity", "oracle"}
+    assert all(0 <= m["auc"] <= 1 for m in metrics.values())
     assert metrics["sft"]["compared_to"] in ("sasrec", "gru4rec", "popularity", "random")
     full = json.loads((run / "metrics.json").read_text())["full_ranking"]
     assert full["retriever"] == "sasrec" and set(full["methods"]) == {"sasrec", "sft"}
@@ -89,6 +97,7 @@ def test_quickstart_runs_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixtu
     stamps = {name: (run / name).stat().st_mtime_ns for name in (
         "models/vlm/config.json", "sft_model/model.safetensors", "graph/model.safetensors",
         "baselines/sasrec/model.safetensors")}
+    caplog.clear()
     with caplog.at_level(logging.INFO):
         assert main(args) == 0
     assert {name: (run / name).stat().st_mtime_ns for name in stamps} == stamps
@@ -99,22 +108,8 @@ def test_quickstart_runs_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert float(re.search(r"msr quickstart: done in ([0-9.]+)s", printed).group(1)) < 5
     # other training settings retrain from scratch instead of resuming the old checkpoint
     weights = (run / "sft_model" / "model.safetensors").read_bytes()
-    assert main([*args[:-1], "1"]) == 0
+    assert main([*args[:-3], "1", *args[-2:]]) == 0
     assert (run / "sft_model" / "model.safetensors").read_bytes() != weights
-
-
-@pytest.mark.slow
-def test_quickstart_runs_on_the_default_recipe_family(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """The README's default family (Qwen2.5-VL, M-RoPE) through every stage, reduced, scoring with prefix reuse."""
-    run = tmp_path / "qs"
-    with caplog.at_level(logging.INFO):
-        assert main(["quickstart", "--run_dir", str(run), "--num_users", "40", "--num_items", "40", "--epochs", "1",
-                     "--family", "qwen2_5_vl"]) == 0
-    assert json.loads((run / "models" / "vlm" / "config.json").read_text())["model_type"] == "qwen2_5_vl"
-    assert type(AutoProcessor.from_pretrained(run / "sft_model")).__name__ == "Qwen2_5_VLProcessor"
-    metrics = json.loads((run / "metrics.json").read_text())["methods"]
-    assert {"sft", "zero_shot", "graph"} <= set(metrics) and all(0 <= m["auc"] <= 1 for m in metrics.values())
-    assert not [r for r in caplog.records if "no prefix reuse" in r.getMessage()]
 
 
 @pytest.mark.slow
