@@ -55,26 +55,26 @@ def test_a_real_chat_lm_is_the_recommender_end_to_end(smollm2: str, tmp_path: Pa
     scorer = Scorer(loaded)  # the guard, on the published tokenizer and template (string content only)
     assert loaded.tokenizer.convert_ids_to_tokens([scorer.yes, scorer.no]) == ["Yes", "No"]
 
-    raw = generate(SynthConfig(out_dir=str(tmp_path / "raw"), num_users=14, num_items=18, seed=3))
+    raw = generate(SynthConfig(out_dir=str(tmp_path / "raw"), num_users=8, num_items=16, seed=3, min_seq_len=7, max_seq_len=9))
     run = tmp_path / "run"
     prepare(PrepareConfig(run_dir=str(run), interactions=str(raw / PAIRS_FILE), items=str(raw / TITLES_FILE),
-                          image_dir=str(raw / COVERS_DIR), train_targets_per_user=1, negatives_test=3))
+                          image_dir=str(raw / COVERS_DIR), train_targets_per_user=1, negatives_test=3, item_min=3))
     titles = pd.read_parquet(run / schema.ITEMS_FILE)[schema.TITLE].tolist()
     vlm = str(build_tiny_vlm(tmp_path / "vlm", "qwen2_5_vl", titles))  # items need a VLM; the user LM is real
-    summarize = SummarizeConfig(run_dir=str(run), item_model=vlm, user_model=smollm2, max_new_tokens=24,
-                                batch_size=16)
+    summarize = SummarizeConfig(run_dir=str(run), item_model=vlm, user_model=smollm2, max_new_tokens=12,
+                                batch_size=32, block_size=4)
     summarize_items(summarize)
     users = summarize_users(summarize)
     assert users["generated"] > 0
     texts = pd.read_parquet(run / schema.USER_SUMMARIES_FILE)[schema.SUMMARY]
-    assert (texts.str.split().str.len() >= 5).mean() > 0.9  # real sentences, not empty strings
+    assert (texts.str.split().str.len() >= 4).mean() > 0.9  # words, not empty strings or a token soup
 
     write_sft_rows(SftDataConfig(run_dir=str(run), history_titles=3, candidate_summary=False))
     adapter = train(
-        SftScriptArguments(run_dir=str(run), eval_split=None, max_train_rows=16),
-        SFTConfig(output_dir=str(tmp_path / "adapter"), use_cpu=True, bf16=False, max_length=None, max_steps=4,
-                  per_device_train_batch_size=4, learning_rate=2e-4, logging_steps=1, save_strategy="no",
-                  report_to="none", seed=0),
+        SftScriptArguments(run_dir=str(run), eval_split=None, max_train_rows=4),
+        SFTConfig(output_dir=str(tmp_path / "adapter"), use_cpu=True, bf16=False, max_length=None, max_steps=2,
+                  per_device_train_batch_size=2, learning_rate=2e-4, logging_steps=1, save_strategy="no",
+                  report_to="none", seed=0, activation_checkpointing=False),
         ModelConfig(model_name_or_path=smollm2, dtype="float32", use_peft=True, lora_r=8, lora_alpha=16,
                     lora_dropout=0.0))
     table = score_split(ScoreConfig(run_dir=str(run), model=smollm2, adapter=str(adapter), max_examples=3))
