@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 from msr import schema
 from msr.data.sft import STAGE as SFT_STAGE
 from msr.data.sft import CandidatePrompts, SftDataConfig, answer_messages, candidates, question_inputs
-from msr.models import load_model, model_identity, resolve_device
+from msr.identity import model_identity
+from msr.models import load_model, resolve_device
 from msr.provenance import Stage, one_writer, require_current, stage_config
 from msr.rundir import JsonlLog, RunDir, write_parquet
 from msr.score import Scorer

@@ -34,8 +34,10 @@ from msr import __version__, schema
 from msr.checkpoints import last_complete_checkpoint, set_aside_incomplete_checkpoints
 from msr.data.sft import STAGE as SFT_STAGE
 from msr.data.sft import load_sft_split
-from msr.models import is_vision_model, load_model, lora_target_regex, model_identity
+from msr.identity import model_identity
+from msr.models import is_vision_model, load_model, lora_target_regex
 from msr.parity import ParityError, QuestionCollator, check_parity
+from msr.provenance import require_current
 from msr.rundir import RunDir
 
 log = logging.getLogger(__name__)

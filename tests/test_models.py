@@ -67,7 +67,7 @@ def _tiny_lm(path, seed: int = 0):
 def test_model_identity_is_the_directory_content_not_its_path(tmp_path) -> None:
     import shutil
 
-    from msr.models import model_identity
+    from msr.identity import model_identity
 
     folder = _tiny_lm(tmp_path / "lm")
     first = model_identity(str(folder))
@@ -89,7 +89,7 @@ def test_model_identity_is_the_directory_content_not_its_path(tmp_path) -> None:
 def test_model_identity_covers_processor_files_and_adapters(tmp_path) -> None:
     import json
 
-    from msr.models import model_identity
+    from msr.identity import model_identity
 
     from msr.tiny import build_tiny_vlm
 
@@ -112,46 +112,46 @@ def test_model_identity_covers_processor_files_and_adapters(tmp_path) -> None:
 
 
 def test_model_identity_is_cached_within_the_process(tmp_path, monkeypatch) -> None:
-    import msr.models
+    import msr.identity
 
     folder = _tiny_lm(tmp_path / "lm", seed=7)
     calls = []
-    real = msr.models.file_sha256
-    monkeypatch.setattr(msr.models, "file_sha256", lambda path: calls.append(path) or real(path))
-    first = msr.models.model_identity(str(folder))
+    real = msr.identity.file_sha256
+    monkeypatch.setattr(msr.identity, "file_sha256", lambda path: calls.append(path) or real(path))
+    first = msr.identity.model_identity(str(folder))
     assert calls and any(str(p).endswith("model.safetensors") for p in calls)
     calls.clear()
-    assert msr.models.model_identity(str(folder)) == first and calls == []  # stat only
+    assert msr.identity.model_identity(str(folder)) == first and calls == []  # stat only
 
 
 def test_large_weight_files_are_hashed_by_sampling(tmp_path, monkeypatch) -> None:
-    import msr.models
+    import msr.identity
 
-    monkeypatch.setattr(msr.models, "LARGE_FILE", 10_000)
-    monkeypatch.setattr(msr.models, "_EDGE", 1_000)
-    monkeypatch.setattr(msr.models, "_SAMPLE", 10)
+    monkeypatch.setattr(msr.identity, "LARGE_FILE", 10_000)
+    monkeypatch.setattr(msr.identity, "_EDGE", 1_000)
+    monkeypatch.setattr(msr.identity, "_SAMPLE", 10)
     folder = tmp_path / "big"
     folder.mkdir()
     (folder / "config.json").write_text("{}")
     weights = folder / "model.safetensors"
     weights.write_bytes(bytes(50_000))
     hashed = []
-    real = msr.models.file_sha256
-    monkeypatch.setattr(msr.models, "file_sha256", lambda path: hashed.append(path.name) or real(path))
-    base = msr.models.model_identity(str(folder))
+    real = msr.identity.file_sha256
+    monkeypatch.setattr(msr.identity, "file_sha256", lambda path: hashed.append(path.name) or real(path))
+    base = msr.identity.model_identity(str(folder))
     assert hashed == ["config.json"]  # the large file is not read whole
 
     def with_byte(offset: int) -> str:
         data = bytearray(50_000)
         data[offset] = 1
         weights.write_bytes(bytes(data))
-        return msr.models.model_identity(str(folder))
+        return msr.identity.model_identity(str(folder))
 
     assert with_byte(0) != base and with_byte(49_999) != base  # first and last _EDGE bytes
-    stride = (50_000 - 2 * 1_000) // (msr.models._SAMPLES + 1)
+    stride = (50_000 - 2 * 1_000) // (msr.identity._SAMPLES + 1)
     assert with_byte(1_000 + 5 * stride) != base  # a sample
     weights.write_bytes(bytes(50_001))
-    assert msr.models.model_identity(str(folder)) != base  # the size
+    assert msr.identity.model_identity(str(folder)) != base  # the size
 
 
 def test_hub_ids_resolve_their_commit_offline_from_the_cache(tmp_path, monkeypatch) -> None:
@@ -159,7 +159,7 @@ def test_hub_ids_resolve_their_commit_offline_from_the_cache(tmp_path, monkeypat
 
     from huggingface_hub import constants
 
-    from msr.models import model_identity
+    from msr.identity import model_identity
 
     def no_network(*args, **kwargs):
         raise AssertionError("model_identity touched the network")
@@ -186,13 +186,13 @@ def test_hub_ids_resolve_their_commit_offline_from_the_cache(tmp_path, monkeypat
     ("my model", True), ("org\\model", True),
 ])
 def test_what_looks_like_a_path(name: str, is_path: bool) -> None:
-    from msr.models import looks_like_path
+    from msr.identity import looks_like_path
 
     assert looks_like_path(name) is is_path
 
 
 def test_a_model_path_that_is_no_model_folder_is_refused_up_front(tmp_path, monkeypatch) -> None:
-    from msr.models import check_model_name, model_identity
+    from msr.identity import check_model_name, model_identity
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "models").mkdir()

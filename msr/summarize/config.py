@@ -71,14 +71,15 @@ class SummarizeConfig:
         """What, besides the prompt and the generation settings, decides the texts the model of `role` writes:
         part of every cache key. Computed without loading the model.
 
-        transformers: the model's content identity (`msr.models.model_identity`: config, processor/tokenizer
+        transformers: the model's content identity (`msr.identity.model_identity`: config, processor/tokenizer
         files, chat template, weights), the resolved dtype ("auto" is keyed as what it resolves to on this
         machine: float32 on a CPU, bfloat16 on a GPU that has it), load_in_4bit and, for a prompt with an image
         (`with_image`), max_pixels. openai: the server's model name and api_base (its weights are remote)."""
         model = self.model_for(role)
         if self.backend == "openai":
             return {"backend": "openai", "model": model, "api_base": self.api_base}
-        from msr.models import model_identity, resolve_device, resolve_dtype
+        from msr.identity import model_identity
+        from msr.models import resolve_device, resolve_dtype
 
         dtype = str(resolve_dtype(self.dtype, resolve_device(self.device))).removeprefix("torch.")
         key = {"backend": "transformers", "identity": model_identity(model), "dtype": dtype,
