@@ -91,9 +91,12 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 from trl import ModelConfig, SFTConfig
 
+from msr.data.sft import STAGE as SFT_STAGE
 from msr.data.sft import answer_messages, recommendation_messages, recommendation_parts
 from msr.models import load_model
 from msr.prompts import load_prompt
+from msr.provenance import Stage
+from msr.rundir import RunDir
 from msr.tiny import IMAGE_SIZE
 from msr.train import SftScriptArguments, build_trainer, peft_config
 
@@ -118,6 +121,7 @@ def make_rows(root: Path, n: int, history: int, seed: int) -> list[str]:
     # exactly as msr.data.sft.write_sft_rows writes them, where msr.train.build_trainer reads them (a run's sft/train)
     dataset = datasets.Dataset.from_list(rows).cast_column("images", datasets.List(datasets.Image()))
     dataset.save_to_disk(str(root / "run" / "sft" / "train"))
+    Stage(RunDir(root / "run"), SFT_STAGE, {}, outputs=["sft/train"]).commit()  # as msr data sft records its rows
     return texts
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from msr import __version__, schema
+from msr.identity import model_files
 from msr.rundir import RunDir, digest, write_json
 
 log = logging.getLogger(__name__)
@@ -39,13 +40,32 @@ class Status:
         return "current" if self.current else "; ".join(self.reasons)
 
 
+@dataclass(frozen=True)
+class ModelInput:
+    """An input that is a model folder (a base model, a LoRA adapter, a fine-tuned model): digested by the files
+    that say what the model is (`msr.identity.model_files`: config, processor and tokenizer files, chat template,
+    weights), each through the run's digest cache, so a model card edited beside the weights, or a checkpoint
+    written there, changes nothing, and an unchanged multi-GB model costs a stat per file."""
+
+    path: Path
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+
+def _input_digest(run: RunDir, path: str | Path, kind: str | None) -> str:
+    if kind == "model":
+        return digest("model", [(f.name, run.content_digest(f)) for f in model_files(path)])
+    return run.content_digest(path)
+
+
 @dataclass
 class Stage:
     """What one stage of a run directory reads, depends on and writes.
 
-    `inputs` maps a name to a file or folder (inside the run directory or outside it); `values` holds other
-    JSON-serialisable things the result depends on (a model identity, a prompt's text); `outputs` are paths
-    relative to the run directory."""
+    `inputs` maps a name to a file or folder (inside the run directory or outside it), or to a `ModelInput`;
+    `values` holds other JSON-serialisable things the result depends on (a hub model's identity, a prompt's text);
+    `outputs` are paths relative to the run directory."""
 
     run: RunDir
     name: str
@@ -62,10 +82,11 @@ class Stage:
         return digest(self.config)
 
     def _digest(self, path: str | Path, name: str) -> str:
+        kind = "model" if isinstance(path, ModelInput) else None
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"{self.name}: its input {name} ({path}) does not exist")
-        return self.run.content_digest(path)
+        return _input_digest(self.run, path, kind)
 
     def fingerprint(self) -> str:
         """A digest of the config, the values and the content of every input: the key of what this stage
@@ -114,7 +135,8 @@ class Stage:
             "config_key": self._config_key(),
             "config": self.config,
             "values": self.values,
-            "inputs": {name: {"path": _portable(self.run, path), "digest": self._digest(path, name)}
+            "inputs": {name: {"path": _portable(self.run, path), "digest": self._digest(path, name),
+                              **({"kind": "model"} if isinstance(path, ModelInput) else {})}
                        for name, path in self.inputs.items()},
             "outputs": {out: self.run.content_digest(self.run.path(out)) for out in self.outputs},
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -164,7 +186,7 @@ def recorded_status(run: RunDir, name: str, outputs: list[str] | None = None) ->
         path = run.path(seen["path"])  # relative to the run, or absolute
         if not path.exists():
             reasons.append(f"input {input_name} ({path}) is missing")
-        elif run.content_digest(path) != seen["digest"]:
+        elif _input_digest(run, path, seen.get("kind")) != seen["digest"]:
             reasons.append(f"input {input_name} ({path}) changed")
     written = entry.get("outputs", {})
     for out in outputs if outputs is not None else list(written):

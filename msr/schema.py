@@ -59,8 +59,11 @@ P_YES = "p_yes"
 SCORE = "score"
 # retrieval tables (a retriever's top-K items per example, for `msr score --candidates` and full-ranking
 # evaluation): USER, HISTORY_LEN, ITEM, SCORE (the retriever's own) and RANK (1-based, by that score, the
-# user's history masked); the target is not forced in, so a target outside the top K is a miss
+# user's history masked); the target is not forced in, so a target outside the top K is a miss. Optional
+# TIED_OUT: how many items tied with the list's last score the cut left out (msr's retrievers write it); a target
+# at that score did not make the top K under pessimistic ties and counts as not retrieved
 RANK = "rank"
+TIED_OUT = "tied_out"
 
 # the run's own tables and records, which no stage's output option may name
 RUN_FILES = (ITEMS_FILE, INTERACTIONS_FILE, EXAMPLES_FILE, ITEM_SUMMARY_TABLE, USER_SUMMARIES_FILE, MANIFEST_FILE,

@@ -26,7 +26,7 @@ from msr.data.sft import STAGE as SFT_STAGE
 from msr.data.sft import CandidatePrompts, SftDataConfig, answer_messages, candidates, question_inputs
 from msr.identity import model_identity
 from msr.models import load_model, resolve_device
-from msr.provenance import Stage, one_writer, require_current, stage_config
+from msr.provenance import ModelInput, Stage, one_writer, require_current, stage_config
 from msr.rundir import JsonlLog, RunDir, write_parquet
 from msr.score import Scorer
 from msr.train import FINGERPRINT_FILE, read_training_record, rows_digest
@@ -78,16 +78,21 @@ def _prompt_settings(run: RunDir) -> SftDataConfig:
 
 def score_stage(run: RunDir, cfg: ScoreConfig, settings: SftDataConfig) -> Stage:
     """What the scores depend on: the question's inputs (tables, summaries, prompts, images, by content), the
-    model's and adapter's identity (config, tokenizer and weight files by content: not the model card that
-    `msr evaluate --model_card` edits, nor checkpoints), and the prompt and precision settings. Resumed
-    records are reused only under the same fingerprint, so a retrained adapter or a regenerated summary is
-    scored afresh."""
+    model and adapter (a local folder by the content of its config, tokenizer, template and weight files, like any
+    other input: not the model card that `msr evaluate --model_card` edits, nor checkpoints; a hub id by the
+    commit its local cache resolves to), and the prompt and precision settings. Resumed records are reused only
+    under the same fingerprint, and `msr evaluate` refuses the table once any of these changed, so a retrained
+    adapter or a rebuilt model in the same folder is never reported with the old scores."""
     # which examples are scored (split, max_examples) is not here: records are per example, so a longer run
     # resumes a shorter one
     config = {"model": cfg.model, "adapter": cfg.adapter, "dtype": cfg.dtype, "load_in_4bit": cfg.load_in_4bit,
               "max_pixels": cfg.max_pixels, "prompt_settings": stage_config(settings)}
-    values = {"model": model_identity(cfg.model), "adapter": model_identity(cfg.adapter) if cfg.adapter else None}
-    inputs = question_inputs(run, settings)
+    inputs, values = question_inputs(run, settings), {}
+    for name, model in (("model", cfg.model), ("adapter", cfg.adapter)):
+        if model and Path(model).expanduser().is_dir():
+            inputs[name] = ModelInput(Path(model).expanduser())
+        else:
+            values[name] = model_identity(model) if model else None
     if cfg.candidates:  # by content: a new retrieval is scored afresh
         inputs["candidates"] = run.path(cfg.candidates)
     return Stage(run, f"score.{cfg.output}", config, inputs, values, outputs=[cfg.output])

@@ -113,13 +113,23 @@ def read_scores(path: Path, key: list[str]) -> pd.DataFrame:
 
 
 def read_retrieval(run: RunDir, file: str) -> pd.DataFrame:
-    """A retrieval table of the run (USER, HISTORY_LEN, ITEM, SCORE, RANK), checked and sorted by example
-    then rank: its producer current, every column present, one row per (example, item) and per
-    (example, rank), ranks from 1, every item in the catalog."""
+    """A retrieval table of the run (USER, HISTORY_LEN, ITEM, SCORE, RANK, TIED_OUT), checked and sorted by example
+    then rank: its producer current, every column present (TIED_OUT may be missing: then 0, with a warning), one
+    row per (example, item) and per (example, rank), ranks from 1, every item in the catalog."""
     run.require(file)
     check_producer(run, file)
     path = run.path(file)
-    table = _read_table(path, RETRIEVAL_COLUMNS, "a retrieval table", ": a retriever's top-K items per example")
+    names = pq.read_schema(path).names if path.is_file() else []
+    tied = [schema.TIED_OUT] if schema.TIED_OUT in names else []
+    table = _read_table(path, RETRIEVAL_COLUMNS + tied, "a retrieval table", ": a retriever's top-K items per example")
+    if tied:
+        counts = table[schema.TIED_OUT]
+        if not pd.api.types.is_integer_dtype(counts) or (counts < 0).any():
+            raise ValueError(f"{path}: column {schema.TIED_OUT} must hold counts (integers >= 0)")
+    else:
+        log.warning("%s has no %s column: a target tied with a list's last score, with other tied items left out, "
+                    "counts as retrieved (msr's retrievers write the column)", path, schema.TIED_OUT)
+        table[schema.TIED_OUT] = 0
     ranks = table[schema.RANK]
     whole = pd.api.types.is_integer_dtype(ranks) or (
         pd.api.types.is_float_dtype(ranks) and bool(np.isfinite(ranks).all() and (ranks == np.round(ranks)).all()))
@@ -140,8 +150,11 @@ def read_retrieval(run: RunDir, file: str) -> pd.DataFrame:
 
 
 def retrieved_for(retrieval: pd.DataFrame, examples: pd.DataFrame, file: str) -> pd.DataFrame:
-    """The retrieval rows of these examples, LABEL 1 where the item is the example's target; refuses when
-    any example has no retrieved list (each must have one, or its recall would silently not count)."""
+    """The retrieval rows of these examples, LABEL 1 where the item is the example's target and made the top K
+    under pessimistic ties: a target that shares the list's last score while the cut left other items with that
+    score out (TIED_OUT) is in the list by its item code only, and counts as not retrieved (label 0), for the
+    retriever and every reranker alike. Refuses when any example has no retrieved list (each must have one, or
+    its recall would silently not count)."""
     keys = examples[EXAMPLE_KEY + [schema.TARGET]].astype({schema.HISTORY_LEN: "int64"})
     present = keys.merge(retrieval[EXAMPLE_KEY].drop_duplicates(), on=EXAMPLE_KEY, how="left", indicator=True)
     absent = present[present["_merge"] == "left_only"]
@@ -151,5 +164,7 @@ def retrieved_for(retrieval: pd.DataFrame, examples: pd.DataFrame, file: str) ->
                          f"{first[schema.USER]} at history_len {first[schema.HISTORY_LEN]}): retrieve for the "
                          "same split of the same run")
     rows = retrieval.merge(keys, on=EXAMPLE_KEY, how="inner")
-    rows[schema.LABEL] = (rows[schema.ITEM] == rows.pop(schema.TARGET)).astype("int64")
+    last = rows.groupby(EXAMPLE_KEY, sort=False)[schema.SCORE].transform("min")
+    by_code = (rows[schema.TIED_OUT] > 0) & (rows[schema.SCORE] == last)
+    rows[schema.LABEL] = ((rows[schema.ITEM] == rows.pop(schema.TARGET)) & ~by_code).astype("int64")
     return rows

@@ -108,7 +108,12 @@ class SftScriptArguments:
     max_eval_rows: int | None = field(default=None, metadata={"help": "Use only the first N evaluation rows."})
     max_pixels: int | None = field(default=None, metadata={"help": "Cap on an image's pixels for processors "
                                    "that resize by area (Qwen2-VL family: tokens per image = max_pixels / 784). "
-                                   "Use the same value when scoring."})
+                                   "Scoring takes the same value from the training record."})
+
+    def __post_init__(self) -> None:
+        # on the command line `--eval_split null` arrives as the word; it means none, as YAML's null does
+        if isinstance(self.eval_split, str) and self.eval_split.strip().lower() in ("null", "none", ""):
+            self.eval_split = None
 
 
 # ModelConfig fields msr does not implement, with the value that means "not used"
@@ -165,6 +170,8 @@ def _own_copy(training: SFTConfig) -> SFTConfig:
 def build_trainer(script: SftScriptArguments, training: SFTConfig, model_cfg: ModelConfig) -> SFTTrainer:
     """The SFTTrainer for a recipe: rows from the run, the model from msr.models, LoRA on the LM."""
     _check(training, model_cfg)
+    require_current(RunDir(script.run_dir), SFT_STAGE, "msr data sft: the rows are older than the summaries, "
+                    "prompts or images they were made from, so the model would learn questions scoring no longer asks")
     vlm = is_vision_model(model_cfg.model_name_or_path, training.trust_remote_code)
     train_rows = _rows(script.run_dir, script.train_split, script.max_train_rows, vlm, "training")
     eval_rows = _rows(script.run_dir, script.eval_split, script.max_eval_rows, vlm, "evaluation") \

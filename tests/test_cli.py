@@ -71,7 +71,7 @@ def test_quickstart_runs_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixtu
     """Reduced, on the recipes' default family (Qwen2.5-VL, M-RoPE, scored with prefix reuse; the full-size test
     below runs the quickstart's default, LLaVA-1.5): every stage, then a no-op re-run, then a retrain."""
     run = tmp_path / "qs"
-    args = ["quickstart", "--run_dir", str(run), "--num_users", "60", "--num_items", "60", "--epochs", "2",
+    args = ["quickstart", "--run_dir", str(run), "--num_users", "40", "--num_items", "40", "--epochs", "2",
             "--family", "qwen2_5_vl"]
     with caplog.at_level(logging.INFO):
         assert main(args) == 0

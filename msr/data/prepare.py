@@ -162,6 +162,7 @@ def prepare(cfg: PrepareConfig) -> dict:
 
     order = splits.chronological_order(users, stamps, its)
     users, its, stamps = users[order], its[order], stamps[order]
+    consumed_users, consumed_items = users, its  # every (user, item) a user consumed, the capped-away ones too
     if cfg.max_seq_len:
         recent = splits.keep_last(users, cfg.max_seq_len)
         dropped["interactions_beyond_max_seq_len"] += int((~recent).sum())
@@ -179,9 +180,10 @@ def prepare(cfg: PrepareConfig) -> dict:
     dropped["users_too_short_to_split"] += targets.users_too_short
     ex_users = users[targets.rows]
     per_split = np.array([cfg.negatives_train, cfg.negatives_valid, cfg.negatives_test])
-    seen = np.unique(users * n_items + its)
+    # a negative is never an item the user consumed, also before a --max_seq_len cap
+    seen = splits.seen_keys(consumed_users, consumed_items, user_keep, item_keep)
     negatives, offsets, fillable = splits.sample_negatives(
-        ex_users, per_split[targets.split], seen, np.bincount(users, minlength=n_users), n_items, cfg.seed)
+        ex_users, per_split[targets.split], seen, np.bincount(seen // n_items, minlength=n_users), n_items, cfg.seed)
     dropped["examples_without_enough_negatives"] += int((~fillable).sum())
     test_code = schema.SPLITS.index("test")
     if not (fillable & (targets.split == test_code)).any():

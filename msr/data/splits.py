@@ -88,6 +88,18 @@ def leave_last_out(starts: np.ndarray, lengths: np.ndarray, train_per_user: int,
     return Targets(rows[order], split[order], int((~ok).sum()))
 
 
+def seen_keys(users: np.ndarray, items: np.ndarray, user_codes: np.ndarray, item_codes: np.ndarray) -> np.ndarray:
+    """The sorted unique keys user * n_items + item, in the dense codes of `user_codes` / `item_codes` (the sorted
+    original codes that survive), of every (user, item) pair given; pairs of a user or item that did not survive are
+    left out (such an item can never be drawn as a negative)."""
+    n_items = len(item_codes)
+    u = np.minimum(np.searchsorted(user_codes, users), max(len(user_codes) - 1, 0))
+    i = np.minimum(np.searchsorted(item_codes, items), max(n_items - 1, 0))
+    kept = (user_codes[u] == users) & (item_codes[i] == items) if len(user_codes) and n_items else \
+        np.zeros(len(users), dtype=bool)
+    return np.unique(u[kept].astype(np.int64) * n_items + i[kept])
+
+
 def sample_negatives(example_users: np.ndarray, counts: np.ndarray, seen_keys: np.ndarray,
                      user_degree: np.ndarray, n_items: int, seed: int,
                      chunk: int = 1 << 18) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -11,7 +11,9 @@ Ties rank the target below the items it ties with (pessimistic), as in msr.metri
 target per example, Recall@K is the hit rate at K and NDCG@K is 1 / log2(rank + 1) with the
 1-based rank. The target's own score is never masked, even when the target also appears in the
 history (a repeat); a top-K list masks the whole history, the target included, and does not force
-the target in. Ties in a top-K list go to the lower item code. A non-finite score (a diverged
+the target in. When a tie crosses the cut of a top-K list, the tied items with the lower codes fill it and the
+list records how many tied items it left out (`tied_out`): a target among those tied items did not make the
+top K under pessimistic ties, and `msr evaluate` counts it so. A non-finite score (a diverged
 model) is an error, not a rank: NaN compares false with everything, so it would rank the target
 first and make the model look perfect.
 """
@@ -46,6 +48,7 @@ class Retrieved:
     items: np.ndarray  # item code
     scores: np.ndarray  # the model's score
     ranks: np.ndarray  # 1-based rank within the example's list
+    tied_out: np.ndarray  # items with the list's last score that the cut left out (the same for every entry of a list)
 
 
 @dataclass
@@ -100,7 +103,8 @@ def rank_all(scorer: Scorer, history: sp.csr_matrix, targets: np.ndarray | None 
         if k:
             _mask(scores, mask.row[is_target], mask.col[is_target])
             found.append(_top_k(scores, min(k, n_items), lo))
-    columns = zip(*found) if found else [[np.zeros(0, dtype)] for dtype in (np.int64, np.int64, np.float32, np.int64)]
+    columns = zip(*found) if found else [[np.zeros(0, dtype)] for dtype in
+                                         (np.int64, np.int64, np.float32, np.int64, np.int64)]
     return Ranking(ranks=ranks, top=Retrieved(*(np.concatenate(c) for c in columns)), picked=picks.scores)
 
 
@@ -112,16 +116,20 @@ def _mask(scores: torch.Tensor, rows: np.ndarray, cols: np.ndarray) -> None:
 
 def _top_k(scores: torch.Tensor, k: int, lo: int) -> tuple[np.ndarray, ...]:
     """The k best items of each row of a masked block, by score then lower item code, -inf (masked)
-    entries dropped: (rows + lo, items, scores, 1-based ranks), flattened."""
+    entries dropped: (rows + lo, items, scores, 1-based ranks, tied items left out), flattened."""
     values, items = torch.topk(scores, min(k + 1, scores.shape[1]), dim=1)
     tied = values[:, k - 1] == values[:, k] if values.shape[1] > k else torch.zeros(len(values), dtype=torch.bool)
+    tied &= torch.isfinite(values[:, k - 1])  # masked items (-inf) are not candidates, tied or not
     values, items = values[:, :k], items[:, :k]
+    left_out = np.zeros(len(values), dtype=np.int64)
     for row in torch.nonzero(tied.cpu()).flatten().tolist():  # a tie across the cut: take the lower codes
         s, kth = scores[row], values[row, k - 1]
         above = s > kth
-        level = torch.nonzero(s == kth).flatten()[:k - int(above.sum())]
-        items[row] = torch.cat([torch.nonzero(above).flatten(), level])
+        level = torch.nonzero(s == kth).flatten()
+        room = k - int(above.sum())
+        items[row] = torch.cat([torch.nonzero(above).flatten(), level[:room]])
         values[row] = s[items[row]]
+        left_out[row] = len(level) - room
     items, order = items.sort(dim=1)  # codes ascending, then a stable sort by score descending
     values = values.gather(1, order)
     order = values.sort(dim=1, descending=True, stable=True).indices
@@ -129,7 +137,8 @@ def _top_k(scores: torch.Tensor, k: int, lo: int) -> tuple[np.ndarray, ...]:
     keep = np.isfinite(values)
     rows = np.broadcast_to(np.arange(len(values))[:, None] + lo, values.shape)
     ranks = np.broadcast_to(np.arange(1, k + 1), values.shape)
-    return rows[keep], items[keep].astype(np.int64), values[keep].astype(np.float32), ranks[keep]
+    left_out = np.broadcast_to(left_out[:, None], values.shape)
+    return rows[keep], items[keep].astype(np.int64), values[keep].astype(np.float32), ranks[keep], left_out[keep]
 
 
 class _Picks:
@@ -153,11 +162,13 @@ class _Picks:
 
 def retrieval_table(examples: pd.DataFrame, item_ids: np.ndarray, found: Retrieved) -> pd.DataFrame:
     """The retrieval table of ranked `examples` (their USER and HISTORY_LEN, in ranking order): one row
-    per retrieved item, columns USER, HISTORY_LEN, ITEM (id), SCORE, RANK (schema.RANK)."""
+    per retrieved item, columns USER, HISTORY_LEN, ITEM (id), SCORE, RANK, TIED_OUT (the items tied with the
+    list's last score that the cut left out)."""
     return pd.DataFrame({schema.USER: examples[schema.USER].to_numpy()[found.rows],
                          schema.HISTORY_LEN: examples[schema.HISTORY_LEN].to_numpy()[found.rows],
                          schema.ITEM: np.asarray(item_ids)[found.items],
-                         schema.SCORE: found.scores, schema.RANK: found.ranks.astype(np.int32)})
+                         schema.SCORE: found.scores, schema.RANK: found.ranks.astype(np.int32),
+                         schema.TIED_OUT: found.tied_out.astype(np.int64)})
 
 
 def recall_ndcg(ranks: np.ndarray, ks: list[int]) -> dict[str, float]:

@@ -50,7 +50,8 @@ def test_outputs_match_the_candidates_and_msr_evaluate_reads_them(tiny_run: dict
     assert list(result["methods"]) == ["sasrec", "random"]
 
     retrieved = pd.read_parquet(run / "sasrec_retrieval.parquet")
-    assert list(retrieved.columns) == [schema.USER, schema.HISTORY_LEN, schema.ITEM, schema.SCORE, schema.RANK]
+    assert list(retrieved.columns) == [schema.USER, schema.HISTORY_LEN, schema.ITEM, schema.SCORE, schema.RANK,
+                                        schema.TIED_OUT]
     histories = _history_sets(run)
     data = load_run(RunDir(run))
     held_out = data.examples[data.examples[schema.SPLIT] != schema.TRAIN]

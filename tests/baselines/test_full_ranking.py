@@ -73,5 +73,6 @@ def test_retrieval_table_names_examples_and_items_by_id() -> None:
     result = rank_all(_fixed([[1, 2, 3]]), _history([[2]], 3), None, k=2)
     examples = pd.DataFrame({schema.USER: ["u"], schema.HISTORY_LEN: [4]})
     table = retrieval_table(examples, np.array(["a", "b", "c"]), result.top)
-    assert list(table.columns) == [schema.USER, schema.HISTORY_LEN, schema.ITEM, schema.SCORE, schema.RANK]
-    assert table.values.tolist() == [["u", 4, "b", 2.0, 1], ["u", 4, "a", 1.0, 2]]
+    assert list(table.columns) == [schema.USER, schema.HISTORY_LEN, schema.ITEM, schema.SCORE, schema.RANK,
+                                   schema.TIED_OUT]
+    assert table.values.tolist() == [["u", 4, "b", 2.0, 1, 0], ["u", 4, "a", 1.0, 2, 0]]

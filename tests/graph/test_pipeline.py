@@ -50,7 +50,8 @@ def test_graph_stage_writes_metrics_and_scores_for_msr_evaluate(graph_run: Path,
 
     # the graph as a retriever: its top retrieve_k items of every valid and test example, the history masked
     retrieved = pd.read_parquet(graph_run / "graph_retrieval.parquet")
-    assert list(retrieved.columns) == [schema.USER, schema.HISTORY_LEN, schema.ITEM, schema.SCORE, schema.RANK]
+    assert list(retrieved.columns) == [schema.USER, schema.HISTORY_LEN, schema.ITEM, schema.SCORE, schema.RANK,
+                                        schema.TIED_OUT]
     per_example = retrieved.groupby([schema.USER, schema.HISTORY_LEN])
     assert per_example.ngroups == len(expected.drop_duplicates([schema.USER, schema.HISTORY_LEN]))
     assert (per_example[schema.RANK].apply(list) == per_example[schema.RANK].size().map(lambda n: list(range(1, n + 1)))).all()
