@@ -275,7 +275,7 @@ def run(model_dir: Path, out_dir: Path, args: argparse.Namespace) -> dict:
         "activation_checkpointing", "logging_steps", "max_grad_norm", "dataloader_num_workers", "learning_rate",
         "disable_tqdm")}
     settings["optim"] = str(training.optim.value)
-    settings["completion_only_loss"] = trainer.data_collator.completion_only_loss
+    settings["collator"] = type(trainer.data_collator).__name__
     return {"trainer_steps": steps, "trainer_phases": {k: _ms(v) for k, v in phases.items()},
             "bare_steps": [t["step"] for t in bare_times],
             "bare_phases": {p: _ms([t[p] for t in bare_times]) for p in BareLoop.PHASES},
