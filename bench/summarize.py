@@ -4,7 +4,8 @@ On the embedded dataset, offline:
 
 1. batched_speedup: the same N user-summary prompts (msr's own templates filled with titles from
    the embedded dataset, ~85-190 tokens) generated greedily one prompt per call, then
-   `--batch_size` prompts per call (left padding), through `TransformersBackend` loading a
+   all prompts in one call, which `TransformersBackend` cuts into batches of `--batch_size`
+   prompts of similar length (left padding, a static cache), as msr's summarizers send them, through `TransformersBackend` loading a
    random-weight Llama of ~21M parameters saved to a temp dir (the real `from_pretrained` path).
    One warm-up, then `--repeats` interleaved rounds; the median times are reported, with the
    fraction of prompts whose batched text equals the one-at-a-time text.

@@ -118,11 +118,11 @@ def summarize_items(cfg: SummarizeConfig, backend: Backend | None = None) -> dic
              "text_only": sum(1 for _, item in pending if not item[schema.IMAGE]), "empty": 0, **bad_images}
     if pending:
         backend = backend or make_backend(cfg, prompts.model)
-        step = backend.batch_size
+        requests = [prompts.request(item) for _, item in pending]
         with tqdm(total=len(items), initial=stats["cached"], desc="item summaries", unit="item") as bar:
-            for lo in range(0, len(pending), step):
-                batch = pending[lo:lo + step]
-                texts = backend.generate([prompts.request(item) for _, item in batch], prompts.settings)
+            for chunk in backend.batches(requests):
+                batch = [pending[i] for i in chunk]
+                texts = backend.generate([requests[i] for i in chunk], prompts.settings)
                 cache.append([{"key": key, schema.ITEM: item[schema.ITEM], schema.SUMMARY: text,
                                "model": prompts.model, "model_key": prompts.model_keys[bool(item[schema.IMAGE])],
                                "prompt": prompts.prompt_for(item).name,

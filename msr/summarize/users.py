@@ -134,9 +134,10 @@ def summarize_users(cfg: SummarizeConfig, backend: Backend | None = None) -> dic
         with tqdm(total=len(pending), desc="user summaries", unit="state") as bar:
             for depth in sorted(by_depth):
                 wave = by_depth[depth]
-                for lo in range(0, len(wave), backend.batch_size):
-                    batch = wave[lo:lo + backend.batch_size]
-                    texts = backend.generate([request(s) for s in batch], settings)
+                requests = [request(s) for s in wave]
+                for chunk in backend.batches(requests):
+                    batch = [wave[i] for i in chunk]
+                    texts = backend.generate([requests[i] for i in chunk], settings)
                     cache.append([{"key": s.key, schema.USER: s.user, "prefix_len": s.prefix_len,
                                    "prev_key": s.prev.key if s.prev else None, "block": list(s.block),
                                    "mode": cfg.mode, schema.SUMMARY: text} for s, text in zip(batch, texts)])
