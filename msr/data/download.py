@@ -5,8 +5,11 @@ Each image is stored as `file_stem(item_id)` + the extension of its decoded form
 `msr.data.images.image_for_id` looks; an item id is never used as a path. The run is:
 
 * bounded: one `httpx.Client` (connection limits = `concurrency`) shared by a thread pool of
-  `concurrency` workers, a per-operation `timeout`, an optional global `rps` limit, a body cap
-  `max_bytes` enforced while streaming (and a huge Content-Length refused before reading);
+  `concurrency` workers, a per-operation `timeout` and a `deadline` for each image as a whole (connecting,
+  redirects, headers, body and retries: a server that trickles bytes is cut off there, `msr.deadline`), an
+  optional global `rps` limit, a body cap `max_bytes` enforced while streaming on the bytes as decoded (a
+  compressed body is inflated in bounded steps, so a small gzip bomb stops at `max_bytes`; a huge Content-Length
+  is refused before reading);
 * checked: http(s) only, redirects followed by hand and only to http(s) (at most 5), every body
   decoded by PIL (`verify()`, then a full `load()`; PIL's decompression-bomb pixel guard is kept);
 * resumable: each image is written atomically (`msr.rundir.atomic_path`), an item whose image is
@@ -26,6 +29,7 @@ import json
 import logging
 import threading
 import time
+import zlib
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -41,6 +45,8 @@ from tqdm.auto import tqdm
 from msr import __version__, schema
 from msr.data import images
 from msr.data.loaders import _json_lines, clean_id
+from msr.deadline import client as bounded_client
+from msr.deadline import deadline, left
 from msr.provenance import one_writer
 from msr.rundir import JsonlLog, RunDir, atomic_path, write_json
 
@@ -51,6 +57,7 @@ DEFAULT_PREFER = {"amazon2018": ["imageURLHighRes", "imageURL"], "amazon2023": [
                   "generic": ["image"]}
 SUMMARY_FILE, RUN_SUMMARY_FILE, FAILURES_FILE = ".msr_images.json", "images_stats.json", "failures.jsonl"
 MAX_REDIRECTS = 5
+MAX_SECONDS = 86400.0
 _EXT = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp"}
 _REDIRECTS = (301, 302, 303, 307, 308)
 
@@ -71,6 +78,8 @@ class ImagesConfig:
                               "amazon2023 always tries the MAIN variant first)."})
     concurrency: int = field(default=16, metadata={"help": "Parallel downloads (threads and connections)."})
     timeout: float = field(default=10.0, metadata={"help": "Seconds per connect/read/write operation."})
+    deadline: float = field(default=60.0, metadata={"help": "Seconds for one image in all: connecting, redirects, "
+                            "headers, body and retries (a server that sends a byte at a time is cut off here)."})
     max_retries: int = field(default=3, metadata={"help": "Retries on 429, 5xx, timeouts and connection errors."})
     backoff: float = field(default=0.5, metadata={"help": "First retry delay in seconds (doubles each retry)."})
     max_retry_after: float = field(default=30.0, metadata={"help": "Honour a Retry-After up to this many seconds "
@@ -87,8 +96,9 @@ class ImagesConfig:
             raise ValueError(f"format: {self.format!r} is not one of {', '.join(DOWNLOAD_FORMATS)}")
         if self.concurrency < 1:
             raise ValueError("concurrency must be >= 1")
-        if self.timeout <= 0:
-            raise ValueError("timeout must be > 0")
+        for name in ("timeout", "deadline"):
+            if not 0 < getattr(self, name) <= MAX_SECONDS:
+                raise ValueError(f"{name} must be > 0 and at most {MAX_SECONDS:g} seconds, got {getattr(self, name)}")
         for name in ("max_retries", "backoff", "max_retry_after", "rps", "limit"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -114,6 +124,14 @@ def _first(value: object) -> str | None:
     return None
 
 
+def _scheme(url: str) -> str | None:
+    """The URL's scheme in lower case; None for a string that is not a URL at all (e.g. `http://[::1`)."""
+    try:
+        return urlsplit(url).scheme.lower()
+    except ValueError:
+        return None
+
+
 def image_url(fmt: str, record: dict, prefer: list[str]) -> str | None:
     """The URL to fetch for one metadata record, or None."""
     if fmt == "amazon2023":
@@ -128,7 +146,7 @@ def image_url(fmt: str, record: dict, prefer: list[str]) -> str | None:
     for key in prefer:  # amazon2018 (lists of URLs), generic (one string)
         url = _first(record.get(key))
         if url:
-            if fmt == "generic" and urlsplit(url).scheme.lower() not in ("http", "https"):
+            if fmt == "generic" and _scheme(url) not in ("http", "https", None):
                 return None  # a local relative path: nothing to download
             return url
     return None
@@ -192,7 +210,10 @@ def _retry_after(response: httpx.Response) -> float | None:
 def _get_once(client: httpx.Client, url: str, cfg: ImagesConfig, limiter: RateLimiter) -> bytes:
     """One GET with redirects followed by hand; raises Failure (retryable or not) or httpx errors."""
     for hop in range(MAX_REDIRECTS + 1):
-        if urlsplit(url).scheme.lower() not in ("http", "https"):
+        scheme = _scheme(url)
+        if scheme is None:
+            raise Failure("bad_url")
+        if scheme not in ("http", "https"):
             raise Failure("bad_scheme")
         limiter.wait()
         with client.stream("GET", url, follow_redirects=False) as response:
@@ -201,7 +222,10 @@ def _get_once(client: httpx.Client, url: str, cfg: ImagesConfig, limiter: RateLi
                 location = response.headers.get("location")
                 if not location:
                     raise Failure(f"http_{code}")
-                url = urljoin(url, location)
+                try:
+                    url = urljoin(url, location)
+                except ValueError:
+                    raise Failure("bad_url") from None
                 continue
             if code == 429 or code >= 500:
                 raise Failure(f"http_{code}", _retry_after(response))
@@ -210,41 +234,78 @@ def _get_once(client: httpx.Client, url: str, cfg: ImagesConfig, limiter: RateLi
             length = response.headers.get("content-length")
             if length and length.isdigit() and int(length) > cfg.max_bytes:
                 raise Failure("too_large")
-            body = bytearray()
-            for chunk in response.iter_bytes():
-                body += chunk
-                if len(body) > cfg.max_bytes:
-                    raise Failure("too_large")
-            return bytes(body)
+            return _body(response, cfg.max_bytes)
     raise Failure("redirect_loop")
+
+
+_INFLATE = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+
+def _body(response: httpx.Response, cap: int) -> bytes:
+    """The body as the server meant it (its Content-Encoding undone), refused as soon as any stage of it passes
+    `cap` bytes: inflation runs in steps of at most what is left, so a few KB of nested gzip never become GBs.
+    (msr asks for `identity`; a server may compress anyway.)"""
+    codings = [c.strip().lower() for c in response.headers.get("content-encoding", "").split(",")]
+    codings = [c for c in codings if c and c != "identity"]
+    if any(c not in _INFLATE for c in codings):
+        raise Failure("bad_encoding")
+    stages = [zlib.decompressobj(_INFLATE[c]) for c in reversed(codings)]  # the last applied is undone first
+    body = bytearray()
+
+    def push(data: bytes, k: int) -> None:
+        if k == len(stages):
+            body.extend(data)
+            if len(body) > cap:
+                raise Failure("too_large")
+            return
+        stage = stages[k]
+        while data:
+            out = stage.decompress(data, cap + 1)
+            if len(out) > cap:
+                raise Failure("too_large")
+            push(out, k + 1)
+            data = stage.unconsumed_tail
+
+    try:
+        for chunk in response.iter_raw():
+            push(chunk, 0)
+        for k, stage in enumerate(stages):
+            push(stage.flush(), k + 1)
+    except zlib.error:
+        raise Failure("bad_encoding") from None
+    return bytes(body)
 
 
 RETRYABLE = ("timeout", "connection")
 
 
 def fetch(client: httpx.Client, url: str, cfg: ImagesConfig, limiter: RateLimiter) -> bytes:
-    """The body at `url`, retried with exponential back-off; raises Failure with the final reason."""
+    """The body at `url`, retried with exponential back-off, all within `cfg.deadline` seconds; raises Failure with
+    the final reason ("deadline" when the time ran out)."""
     attempt = 0
-    while True:
-        try:
-            return _get_once(client, url, cfg, limiter)
-        except Failure as f:
-            failure = f
-        except httpx.TimeoutException:
-            failure = Failure("timeout")
-        except (httpx.TransportError, httpx.StreamError):  # refused, reset, truncated body, bad protocol
-            failure = Failure("connection")
-        except httpx.InvalidURL:
-            raise Failure("bad_scheme") from None
-        code = failure.reason[5:] if failure.reason.startswith("http_") else ""
-        retryable = failure.reason in RETRYABLE or code == "429" or (code.isdigit() and int(code) >= 500)
-        if not retryable or attempt >= cfg.max_retries:
-            raise failure
-        delay = cfg.backoff * (2 ** attempt)
-        if failure.retry_after is not None and failure.retry_after <= cfg.max_retry_after:
-            delay = max(delay, failure.retry_after)
-        time.sleep(delay)
-        attempt += 1
+    with deadline(cfg.deadline):
+        while True:
+            try:
+                return _get_once(client, url, cfg, limiter)
+            except Failure as f:
+                failure = f
+            except httpx.TimeoutException:
+                failure = Failure("deadline" if left() == 0 else "timeout")
+            except (httpx.TransportError, httpx.StreamError):  # refused, reset, truncated body, bad protocol
+                failure = Failure("connection")
+            except httpx.InvalidURL:
+                raise Failure("bad_url") from None
+            code = failure.reason[5:] if failure.reason.startswith("http_") else ""
+            retryable = failure.reason in RETRYABLE or code == "429" or (code.isdigit() and int(code) >= 500)
+            if not retryable or attempt >= cfg.max_retries:
+                raise failure
+            delay = cfg.backoff * (2 ** attempt)
+            if failure.retry_after is not None and failure.retry_after <= cfg.max_retry_after:
+                delay = max(delay, failure.retry_after)
+            if delay >= left():
+                raise Failure("deadline")
+            time.sleep(delay)
+            attempt += 1
 
 
 def decode(data: bytes) -> tuple[bytes, str]:
@@ -328,10 +389,11 @@ def _run(cfg: ImagesConfig) -> dict:
     limiter = RateLimiter(cfg.rps)
     started = time.monotonic()
     written_bytes = 0
-    http = httpx.Client(timeout=httpx.Timeout(cfg.timeout), follow_redirects=False,
-                        limits=httpx.Limits(max_connections=cfg.concurrency,
-                                            max_keepalive_connections=cfg.concurrency),
-                        headers={"User-Agent": f"msr/{__version__} (+msr data images)"})
+    http = bounded_client(timeout=httpx.Timeout(cfg.timeout), follow_redirects=False,
+                          limits=httpx.Limits(max_connections=cfg.concurrency,
+                                              max_keepalive_connections=cfg.concurrency),
+                          headers={"User-Agent": f"msr/{__version__} (+msr data images)",
+                                   "Accept-Encoding": "identity"})
     pool = ThreadPoolExecutor(max_workers=cfg.concurrency)
     bar = tqdm(total=len(todo), desc="images", unit="img", disable=not cfg.progress)
     try:

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 MAX_IMAGE_BYTES = 32 * 1024 * 1024
 MAX_IMAGE_PIXELS = 64_000_000  # width x height, read from the header before anything is decoded
+HASHED = "sha1-"
 _SAFE_STEM = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
 _OPEN_LOCK = threading.Lock()  # warnings.catch_warnings is process-wide: one header read at a time
 
@@ -33,10 +34,11 @@ TOO_MANY_PIXELS = "too_many_pixels"
 
 def file_stem(item_id: str) -> str:
     """The file-name stem under which an item's image is stored: the id itself if it is a safe
-    token, otherwise a hash of it (so `../../etc/passwd` can never become a path)."""
-    if _SAFE_STEM.fullmatch(item_id) and ".." not in item_id:
+    token, otherwise a hash of it (so `../../etc/passwd` can never become a path). An id that itself
+    starts with the hash prefix is hashed too, so no id's plain name is another id's hashed one."""
+    if _SAFE_STEM.fullmatch(item_id) and ".." not in item_id and not item_id.startswith(HASHED):
         return item_id
-    return "sha1-" + hashlib.sha1(item_id.encode()).hexdigest()
+    return HASHED + hashlib.sha1(item_id.encode()).hexdigest()
 
 
 def image_for_id(folder: Path, item_id: str) -> Path | None:

@@ -16,10 +16,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import httpx
 import torch
 from PIL import ExifTags, Image
 
 from msr.data.images import MAX_IMAGE_BYTES, load_rgb
+from msr.deadline import client as bounded_client
 from msr.models import image_batches, load_model
 
 log = logging.getLogger(__name__)
@@ -154,8 +156,9 @@ class OpenAIBackend(Backend):
     is the server's model id; cache keys carry it with `api_base` (the weights are remote). The API key is read from the
     environment variable `api_key_env` ("EMPTY" when unset: local servers need none) and is kept
     only inside the client, never in `repr`, configs or cache keys. The `openai` SDK retries
-    connection errors, 408/409/429 and 5xx with exponential back-off (`max_retries`) and bounds
-    each attempt by `timeout` seconds; a request that still fails raises `RemoteGenerationError`
+    connection errors, 408/409/429 and 5xx with exponential back-off (`max_retries`); each attempt ends within
+    `timeout` seconds in all (`msr.deadline`: a server that sends its headers or body a byte at a time is cut off
+    there, not only one that stops); a request that still fails raises `RemoteGenerationError`
     (naming its index and the model), so a caller that stores results per batch keeps every
     finished batch and a re-run resumes. Up to `concurrency` requests are in flight at once;
     texts come back in request order.
@@ -176,8 +179,10 @@ class OpenAIBackend(Backend):
         self.api_key_env = api_key_env
         self.concurrency = concurrency
         self.batch_size = batch_size
+        self.timeout = timeout
         self._client = openai.OpenAI(base_url=api_base, api_key=os.environ.get(api_key_env) or "EMPTY",
-                                     timeout=timeout, max_retries=max_retries)
+                                     timeout=timeout, max_retries=max_retries,
+                                     http_client=bounded_client(timeout, timeout=httpx.Timeout(timeout)))
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(model={self.model_id!r}, api_base={self.api_base!r}, "

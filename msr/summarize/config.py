@@ -43,7 +43,8 @@ class SummarizeConfig:
     api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "Name of the environment "
                              "variable holding the API key (the key itself never goes in a config)."})
     concurrency: int = field(default=8, metadata={"help": "Requests in flight (--backend openai)."})
-    timeout: float = field(default=120.0, metadata={"help": "Seconds per request (--backend openai)."})
+    timeout: float = field(default=120.0, metadata={"help": "Seconds per request attempt in all, headers and body "
+                           "included (--backend openai; the SDK retries --max_retries times)."})
     max_retries: int = field(default=5, metadata={"help": "Retries with back-off (--backend openai)."})
     prompt_dir: str | None = field(default=None, metadata={"help": "Folder with your own prompt "
                                    "templates (default: the ones shipped in msr/prompts)."})

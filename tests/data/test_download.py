@@ -86,6 +86,22 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         if kind == "redirect":
             return self._send(302, b"", "text/plain", {"Location": route[1]})
+        if kind == "encoded":  # a body under Content-Encoding route[2] (msr asked for identity: a hostile server)
+            return self._send(200, route[1], headers={"Content-Encoding": route[2]})
+        if kind in ("trickle_body", "trickle_headers"):  # one byte per 0.1 s, each read well inside the timeout
+            head = b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: 3000\r\n\r\n"
+            data = head + JPEG * 10 if kind == "trickle_headers" else JPEG * 10
+            if kind == "trickle_body":
+                self.wfile.write(head)
+            try:
+                for k in range(100):  # bounded: 10 s at most, whatever the client does
+                    self.wfile.write(data[k:k + 1])
+                    self.wfile.flush()
+                    time.sleep(0.1)
+            except OSError:  # the client gave up
+                pass
+            self.close_connection = True
+            return None
         raise AssertionError(kind)
 
 
@@ -291,3 +307,36 @@ def test_config_validation(tmp_path: Path) -> None:
                 dict(max_retries=-1)):
         with pytest.raises(ValueError):
             _cfg(tmp_path, tmp_path / "m", **bad)
+
+
+def test_hostile_servers_are_bounded_in_time_and_memory(server, tmp_path: Path) -> None:
+    import tracemalloc
+    import zlib
+
+    base, handler = server
+    bomb = gzip.compress(gzip.compress(b"\0" * (64 << 20)))  # a few KB that inflate to 64 MB
+    deflated = zlib.compress(PNG)
+    handler.routes.update({
+        "/trickle.jpg": ("trickle_body",), "/headers.jpg": ("trickle_headers",),
+        "/bomb.jpg": ("encoded", bomb, "gzip, gzip"), "/ok.png": ("encoded", deflated, "deflate"),
+        "/br.jpg": ("encoded", JPEG, "br"), "/a.jpg": ("ok", JPEG),
+    })
+    urls = {"TRICKLE": base + "/trickle.jpg", "HEADERS": base + "/headers.jpg", "BOMB": base + "/bomb.jpg",
+            "DEFLATED": base + "/ok.png", "BR": base + "/br.jpg", "MALFORMED": "http://[::1/a.jpg",
+            "A": base + "/a.jpg", "sha1-" + "0" * 40: base + "/a.jpg"}
+    meta = _meta2023(tmp_path / "meta.jsonl", urls, gz=False)
+    tracemalloc.start()
+    started = time.monotonic()
+    try:
+        summary = download_images(_cfg(tmp_path, meta, max_bytes=4000, deadline=1.0, timeout=0.5))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert time.monotonic() - started < 4  # each trickle would take 10 s; one read never waits 0.5 s
+    assert peak < 16 << 20  # the bomb stops at max_bytes, not at 64 MB
+    fails = {k: v["reason"] for k, v in _failures(tmp_path / "images" / download.FAILURES_FILE).items()}
+    assert fails == {"TRICKLE": "deadline", "HEADERS": "deadline", "BOMB": "too_large", "BR": "bad_encoding",
+                     "MALFORMED": "bad_url"}
+    assert summary["downloaded"] == 3 and Image.open(image_for_id(tmp_path / "images", "DEFLATED")).size == (16, 16)
+    # two ids, two files: the id "sha1-000..." is not stored under another id's hashed name
+    assert len({p.name for p in (tmp_path / "images").iterdir() if p.suffix == ".jpg"}) == 2

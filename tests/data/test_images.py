@@ -16,6 +16,13 @@ def test_file_stem_hashes_anything_unsafe() -> None:
         assert stem.startswith("sha1-") and "/" not in stem and ".." not in stem
 
 
+def test_no_plain_id_takes_another_ids_hashed_name() -> None:
+    unsafe = "a/b"
+    hashed = images.file_stem(unsafe)
+    assert images.file_stem(hashed) != hashed  # the id "sha1-<hex>" would otherwise be stored over "a/b"'s image
+    assert images.file_stem(hashed).startswith("sha1-")
+
+
 def test_resolve_inside_refuses_traversal(tmp_path: Path) -> None:
     assert images.resolve_inside(tmp_path, "a/b.jpg") == (tmp_path / "a" / "b.jpg").resolve()
     assert images.resolve_inside(tmp_path, "../b.jpg") is None
