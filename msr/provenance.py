@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from msr import __version__, schema
+from msr import __version__
 from msr.identity import model_files
-from msr.rundir import RunDir, digest, write_json
+from msr.rundir import RunDir, digest
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +130,7 @@ class Stage:
     def commit(self) -> None:
         """Record the run: call once every output is written. Inputs are digested as they are now, so an
         input edited while the stage ran makes the next check re-run it."""
-        manifest = self.run.manifest()
-        manifest["stages"][self.name] = {
+        self.run.record(self.name, {
             "config_key": self._config_key(),
             "config": self.config,
             "values": self.values,
@@ -141,8 +140,7 @@ class Stage:
             "outputs": {out: self.run.content_digest(self.run.path(out)) for out in self.outputs},
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "msr_version": __version__,
-        }
-        write_json(self.run.path(schema.MANIFEST_FILE), manifest)
+        })
 
 
 def stage_config(cfg: Any, exclude: tuple[str, ...] = ("run_dir", "force")) -> dict:

@@ -54,6 +54,7 @@ __all__ = ["DIGEST_CACHE_FILE", "JsonlLog", "LOCK_DIR", "RunDir", "StageBusyErro
 log = logging.getLogger(__name__)
 
 LOCK_DIR = ".locks"
+MANIFEST_WAIT = 60.0
 DIGEST_CACHE_FILE = ".msr/digests.json"
 _DIGEST_CACHE_VERSION = 1
 
@@ -226,6 +227,33 @@ class RunDir:
         if not isinstance(stages, dict) or not all(isinstance(entry, dict) for entry in stages.values()):
             raise ValueError(f"{path}: not an msr manifest (expected {{\"stages\": {{name: {{...}}}}}}); {fix}")
         return data
+
+    def record(self, stage: str, entry: dict) -> None:
+        """Put one stage's record into the manifest: read, change and write it under a run-wide lock (waiting up to
+        `MANIFEST_WAIT` seconds for another stage's commit), so that stages committing at once never drop each
+        other's records. (Each stage's own lock does not cover this: different stages run side by side.)"""
+        lock_file = self.path(LOCK_DIR) / "manifest.lock"
+        lock_file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            waited_until = time.monotonic() + MANIFEST_WAIT
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError as e:
+                    if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                        raise
+                    if time.monotonic() > waited_until:
+                        raise TimeoutError(f"{lock_file}: another process has held the manifest's lock for "
+                                           f"{MANIFEST_WAIT:g} s; the outputs of {stage} are written, run it "
+                                           "again to record them") from None
+                    time.sleep(0.02)
+            manifest = self.manifest()
+            manifest["stages"][stage] = entry
+            write_json(self.path(schema.MANIFEST_FILE), manifest)
+        finally:
+            os.close(fd)  # releases the flock
 
     @contextmanager
     def lock(self, stage: str) -> Iterator[Path]:

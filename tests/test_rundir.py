@@ -349,3 +349,17 @@ def test_content_digest_relative_paths_and_missing_ones(tmp_path: Path, monkeypa
     assert run.content_digest("in.txt") == run.content_digest(tmp_path / "in.txt") == hashlib.sha256(b"in").hexdigest()
     with pytest.raises(FileNotFoundError, match="nope"):
         run.content_digest("nope.txt")
+
+
+def test_stages_committing_at_once_keep_every_record(tmp_path: Path) -> None:
+    """Two processes commit different stages side by side (each stage's own lock does not cover this): every record
+    lands. Without the manifest's run-wide lock, one commit read the manifest before the other wrote it, and one
+    record was lost."""
+    script = ("import sys\nfrom msr.provenance import Stage\nfrom msr.rundir import RunDir\n"
+              "run = RunDir(sys.argv[1])\n"
+              "for k in range(40):\n"
+              "    Stage(run, f'{sys.argv[2]}.{k}', {'k': k}).commit()\n")
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path), name]) for name in ("a", "b")]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    stages = RunDir(tmp_path).manifest()["stages"]
+    assert sorted(stages) == sorted(f"{name}.{k}" for name in ("a", "b") for k in range(40))
