@@ -103,6 +103,39 @@ def test_model_paths_that_do_not_exist(fresh_run: dict, tmp_path: Path, capsys: 
     assert_one_error(code, err, f"model not found: {empty}", "config.json")
 
 
+PROMPT_CASES = {  # (stage args, template file, its text, what the error names)
+    "summarize items, unknown variable": (["summarize", "items"], "item_summary", "{title} {descr}",
+                                          ["item_summary.txt", "unknown variable(s) descr", "missing description"]),
+    "summarize users, missing variable": (["summarize", "users"], "user_summary_update", "Items: {items}",
+                                          ["user_summary_update.txt", "missing previous"]),
+    "data sft, attribute access": (["data", "sft", *NO_SUMMARIES], "recommend_user", "{user.__class__} {history}",
+                                   ["recommend_user.txt", "{user.__class__} is not a plain variable"]),
+    "data sft, a huge template": (["data", "sft", *NO_SUMMARIES], "recommend_candidate", "{candidate}" + "x" * 1_000_000,
+                                  ["recommend_candidate.txt", "at most 32768"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PROMPT_CASES))
+def test_prompt_template_mistakes_are_one_line_before_any_model(case: str, fresh_run: dict, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    import msr.models
+    from msr.prompts import PROMPT_DIR
+
+    stage, name, text, named = PROMPT_CASES[case]
+    prompts = tmp_path / "prompts"
+    shutil.copytree(PROMPT_DIR, prompts, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    (prompts / f"{name}.txt").write_text(text)
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded before the templates were checked")
+
+    monkeypatch.setattr(msr.models, "load_model", no_model)
+    run = str(fresh_run["run"])
+    models = {"summarize": ["--item_model", fresh_run["vlm"], "--user_model", fresh_run["lm"]], "data": []}[stage[0]]
+    code, _, err = run_cli([*stage, "--run_dir", run, "--prompt_dir", str(prompts), *models], capsys)
+    assert_one_error(code, err, *named)
+
+
 def test_adapter_path_that_does_not_exist(fresh_run: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     run = str(fresh_run["run"])
     assert run_cli(["data", "sft", "--run_dir", run, "--splits", "test", *NO_SUMMARIES], capsys)[0] == 0

@@ -88,6 +88,11 @@ def answer_messages(label: int) -> list[dict]:
     return [{"role": "assistant", "content": [{"type": "text", "text": ANSWERS[label]}]}]
 
 
+def load_prompts(cfg: SftDataConfig) -> tuple[Prompt, Prompt]:
+    """The user part's and the candidate part's templates of the question."""
+    return load_prompt("recommend_user", cfg.prompt_dir), load_prompt("recommend_candidate", cfg.prompt_dir)
+
+
 class CandidatePrompts:
     """Everything needed to ask the question for any (example, candidate) of a run.
 
@@ -97,7 +102,7 @@ class CandidatePrompts:
     def __init__(self, run: RunDir, cfg: SftDataConfig):
         run.require(schema.ITEMS_FILE, schema.INTERACTIONS_FILE, schema.EXAMPLES_FILE)
         self.cfg = cfg
-        self.prompts = (load_prompt("recommend_user", cfg.prompt_dir), load_prompt("recommend_candidate", cfg.prompt_dir))
+        self.prompts = load_prompts(cfg)
         items = read_table(run, schema.ITEMS_FILE, [schema.ITEM, schema.TITLE, schema.IMAGE])
         self.titles = dict(zip(items[schema.ITEM], items[schema.TITLE]))
         self.images, self.bad_images = recheck_images(
@@ -176,6 +181,7 @@ def write_sft_rows(cfg: SftDataConfig) -> dict:
     """Write `sft/{split}` datasets; return the row counts per split, and when this run found item images no
     longer usable, their counts by `items_image_<reason>` (those candidates' rows have no image)."""
     cfg.validate()
+    load_prompts(cfg)  # the templates are checked before anything is read
     run = RunDir(cfg.run_dir)
     stage = sft_stage(run, cfg)
     if stage.is_current(cfg.force):

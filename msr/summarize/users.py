@@ -97,14 +97,14 @@ def summarize_users(cfg: SummarizeConfig, backend: Backend | None = None) -> dic
     """Compute every missing state, then write the summary of every example's history."""
     cfg.validate()
     run = RunDir(cfg.run_dir)
+    names = ("user_summary_direct",) if cfg.mode == "direct" else ("user_summary_first", "user_summary_update")
+    prompts = {name: load_prompt(name, cfg.prompt_dir) for name in names}  # checked before anything is read
     records = load_item_summaries(run, cfg)
     item_keys = {item: record["key"] for item, record in records.items()}
     summaries = {item: record[schema.SUMMARY] for item, record in records.items()}
     titles_frame = read_table(run, schema.ITEMS_FILE, [schema.ITEM, schema.TITLE])
     titles = dict(zip(titles_frame[schema.ITEM], titles_frame[schema.TITLE]))
     model, settings = cfg.model_for("users"), cfg.settings
-    names = ("user_summary_direct",) if cfg.mode == "direct" else ("user_summary_first", "user_summary_update")
-    prompts = {name: load_prompt(name, cfg.prompt_dir) for name in names}
     # the user LM's identity and output-changing backend settings (`SummarizeConfig.model_key`) are in the root;
     # the item summaries' keys (which carry the item VLM's) are in every state's key
     root = digest("user", cfg.mode, model, settings.key(), cfg.block_size, [p.hash for p in prompts.values()],
