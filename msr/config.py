@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -25,6 +26,14 @@ from transformers import HfArgumentParser
 
 T = TypeVar("T")
 _YAML_TAGS = "tag:yaml.org,2002:"
+MAX_CONFIG_DEPTH = 32
+MAX_CONFIG_VALUES = 100_000
+MAX_INT = 2**31 - 1
+# the largest value of a setting that sizes an allocation, by field name (one meaning in every stage that has it)
+FIELD_MAX = {"max_len": 100_000, "hidden_size": 65_536, "hidden_dim": 65_536, "embed_dim": 65_536, "layers": 1_024,
+             "heads": 1_024, "batch_size": 1 << 20, "encode_batch_size": 1 << 20, "negatives": 100_000,
+             "negatives_valid": 100_000, "negatives_test": 100_000, "max_new_tokens": 1 << 20,
+             "num_users": 100_000_000, "num_items": 100_000_000, "resamples": 1_000_000, "concurrency": 1_024}
 
 
 class ConfigError(ValueError):
@@ -69,6 +78,41 @@ def _refuse_tag(loader: _ConfigLoader, node: yaml.Node) -> NoReturn:
 _ConfigLoader.add_constructor(None, _refuse_tag)
 
 
+def _check_size(root: yaml.Node | None) -> None:
+    """Refuse a document nested deeper than `MAX_CONFIG_DEPTH` or holding more than `MAX_CONFIG_VALUES` values once
+    its aliases are expanded (a few hundred bytes of aliases of aliases stand for billions of values, which any
+    use or message would expand), or an alias that refers to itself; before any value is built."""
+    sizes: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, int, bool]] = [(root, 0, False)] if root is not None else []
+    open_nodes: set[int] = set()
+    while stack:
+        node, depth, done = stack.pop()
+        if done:
+            open_nodes.discard(id(node))
+            children = _children(node)
+            sizes[id(node)] = 1 + sum(sizes[id(c)] for c in children)
+            if sizes[id(node)] > MAX_CONFIG_VALUES:
+                raise _YamlProblem(node.start_mark, f"holds more than {MAX_CONFIG_VALUES} values once its aliases "
+                                   "are expanded; a config is a mapping of plain values")
+            continue
+        if id(node) in sizes:
+            continue
+        if id(node) in open_nodes:
+            raise _YamlProblem(node.start_mark, "an alias here refers to the value that holds it")
+        if depth > MAX_CONFIG_DEPTH:
+            raise _YamlProblem(node.start_mark, f"nested more than {MAX_CONFIG_DEPTH} levels deep; a config is a "
+                               "mapping of plain values")
+        open_nodes.add(id(node))
+        stack.append((node, depth, True))
+        stack.extend((child, depth + 1, False) for child in _children(node))
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return list(node.value) if isinstance(node, yaml.SequenceNode) else []
+
+
 def _where(path: Path, text: str, mark: yaml.Mark) -> str:
     """`FILE, line N` plus that line's text (which shows the key), for an error message."""
     lines = text.splitlines()
@@ -86,8 +130,13 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    loader = _ConfigLoader(text)
     try:
-        data = yaml.load(text, Loader=_ConfigLoader)
+        node = loader.get_single_node()
+        _check_size(node)
+        data = None if node is None else loader.construct_document(node)
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to read (a config is a flat mapping of key: value)") from None
     except _YamlProblem as e:
         raise ConfigError(f"{_where(path, text, e.mark)}: {e.message}") from None
     except yaml.MarkedYAMLError as e:
@@ -97,6 +146,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
                           "(a value that holds ': ' or ' #' needs quotes)") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({e}); fix the file") from None
+    finally:
+        loader.dispose()
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -147,10 +198,28 @@ def parse_config(cls: type[T], argv: Sequence[str] = (), prog: str | None = None
     config, remaining = parsed[0], parsed[-1]
     if remaining:
         raise ConfigError(f"unknown argument(s) for {cls.__name__}: {' '.join(remaining)}")
+    _check_bounds(config)
     validate = getattr(config, "validate", None)
     if callable(validate):
         validate()
     return config
+
+
+def _check_bounds(config: Any) -> None:
+    """Refuse a number no stage can use before any stage uses it (an integer beyond +-2^31 or a field's own
+    limit in `FIELD_MAX`, a float that is NaN or infinite), so that a typo never becomes an allocation of hundreds of
+    GB or an overflow deep inside a stage."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        values = value if isinstance(value, list) else [value]
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                continue
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"{f.name}: {v} is not a finite number")
+            limit = FIELD_MAX.get(f.name, MAX_INT)
+            if isinstance(v, int) and not -MAX_INT <= v <= limit:
+                raise ConfigError(f"{f.name}: {v} is out of range (at most {limit:,})")
 
 
 def _fits(value: Any, hint: Any) -> bool:

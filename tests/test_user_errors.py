@@ -39,6 +39,13 @@ CONFIG_CASES = {
                       ["sft.yaml, line 3", "'history_titles' is given twice", "first on line 2"]),
     "unknown key": ("run_dir: {run}\nhistory_title: 1\n", ["sft.yaml", "history_title", "known keys"]),
     "wrong type": ("run_dir: {run}\nhistory_titles: many\n", ["sft.yaml", "history_titles: 'many'", "int"]),
+    # ~300 bytes that stand for 9^9 values: the message that names the wrong type would expand them (10+ GB)
+    "alias bomb": ("run_dir: {run}\na: &a [x,x,x,x,x,x,x,x,x]\n"
+                   + "".join(f"{k}: &{k} [" + ",".join(["*" + p] * 9) + "]\n" for p, k in zip("abcdefgh", "bcdefghi"))
+                   + "history_titles: *i\n", ["sft.yaml, line 7", "more than 100000 values"]),
+    "nested 20,000 deep": ("run_dir: {run}\nsplits: " + "[" * 20000 + "]" * 20000 + "\n",
+                           ["sft.yaml", "nested too deeply"]),
+    "alias of itself": ("run_dir: {run}\nsplits: &s [test, *s]\n", ["sft.yaml, line 2", "refers to the value"]),
 }
 
 
@@ -184,6 +191,13 @@ MORE_CONFIG_CASES = {  # (stage words, YAML text, what the one line names)
     "unknown evaluate split": (["evaluate"], "run_dir: {run}\nsplit: tst\n", ["split: 'tst'"]),
     "negative prepare seed": (["data", "prepare"], "run_dir: {run}\ninteractions: i\nitems: t\nseed: -1\n",
                               ["seed must be >= 0"]),
+    # numbers no stage can use, refused before any stage runs (2^31 positions allocated 512 GB in SASRec)
+    "a window of 2^31": (["baselines", "evaluate"], "run_dir: {run}\nmax_len: 2147483648\n",
+                         ["max_len: 2147483648 is out of range", "100,000"]),
+    "an integer past 2^31": (["data", "prepare"], "run_dir: {run}\ninteractions: i\nitems: t\n"
+                             "max_seq_len: 100000000000000000000\n", ["max_seq_len", "out of range"]),
+    "an infinite float": (["summarize", "items"], "run_dir: {run}\nitem_model: m\ntemperature: .inf\n",
+                          ["temperature: inf is not a finite number"]),
 }
 
 
