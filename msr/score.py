@@ -35,6 +35,8 @@ _PER_TOKEN = ("mm_token_type_ids", "token_type_ids")
 # what the llava-hf templates leave when the candidates have images (they render a turn's images before its text,
 # so the candidates share only `<s> USER: ` / `<s> [INST] `)
 MIN_SHARED_PREFIX = 32
+# a candidate batch is halved while its rows x padded length exceed this, so one long row cannot multiply memory
+MAX_BATCH_TOKENS = 32_768
 
 
 def _multimodal_ids(loaded: LoadedModel) -> set[int]:
@@ -57,15 +59,31 @@ def probe_row(label: int = 1) -> dict:
             "completion": answer_messages(label), "images": []}
 
 
+class PromptTooLongError(ValueError):
+    """A question has more tokens than the model has positions."""
+
+
+def _max_positions(model: torch.nn.Module) -> int | None:
+    """The text model's positions (`max_position_embeddings`), or None where the config does not say."""
+    config = model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") else model.config
+    value = getattr(config, "max_position_embeddings", None)
+    return value if isinstance(value, int) and value > 0 else None
+
+
 class Scorer:
     """Scores candidate batches of one model (with or without a LoRA adapter loaded on it).
 
     On creation it runs the parity guard (`msr.parity.check_parity`) on `row` (a prompt/completion row of the run;
     by default a probe question) and its twin with or without an image: the ids it will read are the ids training
-    supervises, or it refuses. Text-only LMs get the same questions without the images, counted in `images_not_shown`."""
+    supervises, or it refuses. Text-only LMs get the same questions without the images, counted in `images_not_shown`.
+    A batch of at most `batch_size` candidates is halved while rows x padded tokens exceed `max_batch_tokens`; a question
+    longer than the model's positions is refused (`PromptTooLongError`), never scored truncated."""
 
-    def __init__(self, loaded: LoadedModel, prefix_reuse: bool = True, batch_size: int = 32, row: dict | None = None):
+    def __init__(self, loaded: LoadedModel, prefix_reuse: bool = True, batch_size: int = 32, row: dict | None = None,
+                 max_batch_tokens: int = MAX_BATCH_TOKENS):
         self.loaded = loaded
+        self.max_batch_tokens = max_batch_tokens
+        self.max_positions = _max_positions(loaded.model)
         try:
             self.yes, self.no = check_parity(loaded.processor, loaded.is_vlm, row or probe_row())
         except ValueError as err:
@@ -98,6 +116,17 @@ class Scorer:
     @torch.inference_mode()
     def _batch(self, conversations: list[list[dict]], images: list[str | None]) -> np.ndarray:
         inputs = self._inputs(conversations, images)
+        rows, length = inputs["input_ids"].shape
+        if self.max_positions and length > self.max_positions:
+            longest = int(inputs["attention_mask"].sum(dim=1).argmax())
+            raise PromptTooLongError(f"a question of {length} tokens (candidate {longest} of this batch) is longer than "
+                                     f"the {self.max_positions} positions of {self.loaded.name}; shorten what the "
+                                     "prompt holds (`msr data sft --history_titles`, shorter summaries, "
+                                     "`msr data prepare --max_title_chars`) or use a model with more positions")
+        if rows > 1 and rows * length > self.max_batch_tokens:  # one long row must not multiply the batch's memory
+            half = rows // 2
+            return np.concatenate([self._batch(conversations[:half], images[:half]),
+                                   self._batch(conversations[half:], images[half:])])
         if self.prefix_reuse and len(conversations) > 1:
             logits = self._with_prefix(inputs)
         else:

@@ -28,7 +28,7 @@ from msr.identity import model_identity
 from msr.models import load_model, resolve_device
 from msr.provenance import ModelInput, Stage, one_writer, require_current, stage_config
 from msr.rundir import JsonlLog, RunDir, write_parquet
-from msr.score import Scorer
+from msr.score import MAX_BATCH_TOKENS, Scorer
 from msr.train import FINGERPRINT_FILE, read_training_record, rows_digest
 from msr.scored import EXAMPLE_KEY, read_retrieval, retrieved_for
 
@@ -46,6 +46,8 @@ class ScoreConfig:
     split: str = field(default="test", metadata={"help": "Examples to score."})
     output: str = field(default="scores.parquet", metadata={"help": "Scores file, inside the run directory."})
     batch_size: int = field(default=32, metadata={"help": "Candidates per forward pass."})
+    max_batch_tokens: int = field(default=MAX_BATCH_TOKENS, metadata={"help": "A batch is halved while its candidates "
+                                  "x padded tokens exceed this (one long question cannot multiply memory)."})
     prefix_reuse: bool = field(default=True, metadata={"help": "Prefill each example's shared user prefix once."})
     max_examples: int | None = field(default=None, metadata={"help": "Score only the first N examples."})
     dtype: str = field(default="auto", metadata={"help": "auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16."})
@@ -65,6 +67,8 @@ class ScoreConfig:
             raise ValueError(f"split: {self.split!r} is not one of {', '.join(schema.SPLITS)}")
         if self.batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        if self.max_batch_tokens < 1:
+            raise ValueError("max_batch_tokens must be >= 1")
         schema.check_output_table("output", self.output)
 
 
@@ -192,7 +196,8 @@ def score_split(cfg: ScoreConfig) -> pd.DataFrame:
         device = str(state.device) if state.num_processes > 1 else cfg.device
         loaded = load_model(cfg.model, cfg.dtype, device, cfg.load_in_4bit, cfg.trust_remote_code,
                             max_pixels=cfg.max_pixels, adapter=cfg.adapter)
-        scorer = Scorer(loaded, cfg.prefix_reuse, cfg.batch_size, row=_guard_row(prompts, todo[0], to_score))
+        scorer = Scorer(loaded, cfg.prefix_reuse, cfg.batch_size, row=_guard_row(prompts, todo[0], to_score),
+                        max_batch_tokens=cfg.max_batch_tokens)
         for e in tqdm(todo, desc=f"scoring {cfg.split}", unit="example", disable=not state.is_local_main_process):
             key = _example_key(e[schema.USER], e[schema.HISTORY_LEN])
             items = to_score[key]

@@ -92,6 +92,34 @@ def test_mrope_suffix_needs_the_rope_index_positions(tmp_path: Path, family: str
     assert np.abs(plain - reference).max() > 1e-4
 
 
+def test_one_long_question_splits_its_batch_and_one_past_the_positions_is_refused(
+        tmp_path: Path, family_models: dict[str, str]) -> None:
+    """A batch is cut by a token budget, so one long candidate does not pad every other one to its length; a question
+    longer than the model's positions is one clear error, never a traceback or a truncated score."""
+    from msr.score import PromptTooLongError
+
+    loaded = load_model(family_models["qwen2_5_vl"], "float32", "cpu")
+    messages, images = _mixed_group(tmp_path / "images", n=8)
+    long_title = 'Title: "' + "very long " * 80 + '".'
+    messages[5] = recommendation_messages("What we know about the user: likes red hats.\n", long_title, images[5] is not None)
+    widths = []
+    hook = loaded.model.register_forward_pre_hook(lambda m, a, kw: widths.append(tuple(kw["input_ids"].shape)),
+                                                  with_kwargs=True)
+    try:
+        whole = Scorer(loaded, prefix_reuse=False, batch_size=8).score(messages, images)
+        sizes_whole, widths[:] = list(widths), []
+        budget = Scorer(loaded, prefix_reuse=False, batch_size=8, max_batch_tokens=1200)
+        split = budget.score(messages, images)
+    finally:
+        hook.remove()
+    assert len(sizes_whole) < len(widths) and all(r * n <= 1200 for r, n in widths if r > 1)
+    assert np.abs(split - whole).max() < 1e-5
+    positions = loaded.model.config.get_text_config().max_position_embeddings
+    messages[5] = recommendation_messages("user\n", 'Title: "' + "word " * positions + '".', False)
+    with pytest.raises(PromptTooLongError, match=f"longer than the {positions} positions"):
+        budget.score(messages, images)
+
+
 def _edited_template(source: str, folder: Path, old: str, new: str) -> str:
     shutil.copytree(source, folder)
     template = (folder / "chat_template.jinja").read_text()

@@ -59,6 +59,11 @@ class PrepareConfig:
                                 "(off: only check that the file exists)."})
     max_image_pixels: int = field(default=images.MAX_IMAGE_PIXELS, metadata={"help": "Refuse images with more "
                                   "pixels than this (width x height, read from the header): too_many_pixels."})
+    max_title_chars: int = field(default=500, metadata={"help": "Cut a longer title to this many characters "
+                                 "(counted as items_title_cut): every prompt holds titles, so one huge title must not "
+                                 "make a question longer than the model's positions."})
+    max_description_chars: int = field(default=2000, metadata={"help": "Cut a longer description to this many "
+                                       "characters (counted as items_description_cut)."})
     allow_truncated: bool = field(default=False, metadata={"help": "Keep the complete lines of a truncated "
                                   "gzip file (counted as truncated_*_files) instead of stopping with an error."})
     seed: int = field(default=0, metadata={"help": "Seed for negative sampling."})
@@ -67,6 +72,9 @@ class PrepareConfig:
     def validate(self) -> None:
         if self.format not in FORMATS:
             raise ValueError(f"format: {self.format!r} is not one of {', '.join(FORMATS)}")
+        for name in ("max_title_chars", "max_description_chars"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("user_min", "item_min", "min_history", "negatives_train", "negatives_valid",
                      "negatives_test", "max_seq_len", "seed"):
             if getattr(self, name) < 0:
@@ -107,6 +115,13 @@ def prepare(cfg: PrepareConfig) -> dict:
     _require(len(raw.items), f"reading {cfg.items} (no items)", dropped)
 
     items = raw.items.sort_values(schema.ITEM, kind="stable").reset_index(drop=True)
+    for column, limit, name in ((schema.TITLE, cfg.max_title_chars, "title"),
+                                (schema.DESCRIPTION, cfg.max_description_chars, "description")):
+        text = items[column].fillna("")
+        too_long = text.str.len() > limit
+        if too_long.any():
+            dropped[f"items_{name}_cut"] += int(too_long.sum())
+            items.loc[too_long, column] = text[too_long].str.slice(0, limit).str.rstrip()
     item_codes = pd.Index(items[schema.ITEM]).get_indexer(raw.interactions[schema.ITEM])
     known = item_codes >= 0
     dropped["interactions_unknown_item"] += int((~known).sum())

@@ -143,6 +143,21 @@ def test_duplicates_and_unsorted_rows_come_out_right(tmp_path: Path) -> None:
     assert stats["dropped"]["bad_timestamp_interaction_rows"] == 2
 
 
+def test_a_huge_title_and_description_are_cut_and_counted(tmp_path: Path) -> None:
+    """One 100,000-character title would be in every question about that item and padded into its batch."""
+    rows = [("u1", "10", 1000), ("u1", "11", 2000), ("u1", "12", 3000), ("u2", "10", 5), ("u2", "11", 6)]
+    inter, _ = write_case(tmp_path, "generic_csv", render("generic_csv", rows))
+    items = tmp_path / "items.jsonl"
+    items.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"id": "10", "title": "A hat " + "x" * 100_000, "description": "d" * 50_000},
+        {"id": "11", "title": "Mug"}, {"id": "12", "title": "Scarf"}]))
+    stats = prepare_case(tmp_path, "generic_csv", inter, items, max_title_chars=100)
+    out = pd.read_parquet(tmp_path / "run" / schema.ITEMS_FILE).set_index(schema.ITEM)
+    assert out.loc["10", schema.TITLE] == ("A hat " + "x" * 100_000)[:100]
+    assert len(out.loc["10", schema.DESCRIPTION]) == 2000 and out.loc["11", schema.TITLE] == "Mug"
+    assert stats["dropped"]["items_title_cut"] == 1 and stats["dropped"]["items_description_cut"] == 1
+
+
 # ---------------------------------------------------------------------------------------------
 # more whole-file mistakes: the wrong kind of file, or a file in the wrong place
 
