@@ -19,8 +19,10 @@ content (the form text chat templates take) and no image.
 
 from __future__ import annotations
 
+import hashlib
 import io
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -92,11 +94,12 @@ class QuestionCollator(DataCollatorForVisionLanguageModeling):
     text-only LMs (`is_vlm=False`: string content, no images), so every model trains through one path."""
 
     is_vlm: bool = True
+    answer_lengths: dict[bytes, int] = field(default_factory=dict, repr=False)
 
     def _collate_prompt_completion(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         prompts = [fill(e["prompt"], e.get("images") or [], self.is_vlm) for e in examples]
         whole = [p + fill(e["completion"], [], self.is_vlm) for p, e in zip(prompts, examples)]
-        answer_lengths = self._answer_lengths(prompts, whole)
+        answer_lengths = self._cached_answer_lengths(examples, prompts, whole)
         output = encode_chat(self.processor, self.is_vlm, whole, generation_prompt=False, padding_side="right",
                              pad_to_multiple_of=self.pad_to_multiple_of)
         labels = torch.full_like(output["input_ids"], -100)
@@ -106,7 +109,22 @@ class QuestionCollator(DataCollatorForVisionLanguageModeling):
         output["labels"] = labels
         return output
 
-    def _answer_lengths(self, prompts: list[list[dict]], whole: list[list[dict]]) -> list[int]:
+    def _cached_answer_lengths(self, examples: list[dict[str, Any]], prompts: list[list[dict]],
+                               whole: list[list[dict]]) -> list[int]:
+        """`_answer_lengths`, worked out (and checked) once per distinct row: it depends only on the row's messages
+        (not its pixels), and every later epoch sees the same rows again (two template renders and two tokenizer
+        calls per batch saved: a third of a tiny model's step on a CPU)."""
+        keys = [hashlib.blake2b(json.dumps([e["prompt"], e["completion"], len(e.get("images") or [])], sort_keys=True,
+                                           default=str).encode(),
+                                digest_size=16).digest() for e in examples]
+        todo = [r for r, key in enumerate(keys) if key not in self.answer_lengths]
+        if todo:
+            found = self._answer_lengths([prompts[r] for r in todo], [whole[r] for r in todo], todo)
+            self.answer_lengths.update((keys[r], n) for r, n in zip(todo, found))
+        return [self.answer_lengths[key] for key in keys]
+
+    def _answer_lengths(self, prompts: list[list[dict]], whole: list[list[dict]],
+                        rows: list[int] | None = None) -> list[int]:
         """How many tokens follow each prompt in its whole conversation, from the rendered texts tokenized without
         the images expanded (the processor replaces each image placeholder by that image's tokens, which neither
         moves the prompt's end nor touches the answer after it; the images are processed once, with the whole
@@ -116,7 +134,8 @@ class QuestionCollator(DataCollatorForVisionLanguageModeling):
         asked = tokenizer(render(prompts, add_generation_prompt=True, tokenize=False), add_special_tokens=False)
         said = tokenizer(render(whole, tokenize=False), add_special_tokens=False)
         lengths = []
-        for r, (prompt, conversation) in enumerate(zip(asked["input_ids"], said["input_ids"])):
+        for k, (prompt, conversation) in enumerate(zip(asked["input_ids"], said["input_ids"])):
+            r = rows[k] if rows else k
             if conversation[:len(prompt)] != prompt:
                 raise ParityError(f"row {r}: the prompt's ids are not a prefix of the whole conversation's, so the "
                                   "trained answer would not follow the scored prompt ("

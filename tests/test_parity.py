@@ -71,6 +71,21 @@ def test_trained_ids_are_the_scored_prompt_then_the_answer_scored(family: str, m
         assert torch.equal(batch["pixel_values"], scored["pixel_values"])
 
 
+def test_answer_lengths_are_worked_out_once_per_row(models: dict[str, str], rows_run: Path) -> None:
+    """A later epoch's batch of rows already seen gives the same labels with one template render instead of three."""
+    loaded = load_model(models["llava"], "float32", "cpu")
+    rows = _rows(rows_run, True)
+    collator = QuestionCollator(processor=loaded.processor, is_vlm=True)
+    renders = []
+    render = loaded.processor.apply_chat_template
+    loaded.processor.apply_chat_template = lambda *a, **kw: renders.append(kw.get("tokenize")) or render(*a, **kw)
+    first = collator(rows)
+    seen_first, renders[:] = list(renders), []
+    again = collator(list(reversed(rows)))
+    assert len(seen_first) == 3 and len(renders) == 1 and len(collator.answer_lengths) == len(rows)
+    assert [supervised(again, r) for r in range(len(rows))][::-1] == [supervised(first, r) for r in range(len(rows))]
+
+
 @pytest.mark.parametrize("family", ["llava", "llava_next"])
 def test_trl_collator_trains_a_bare_space_where_msr_trains_the_answer(family: str, models: dict[str, str],
                                                                       rows_run: Path) -> None:
