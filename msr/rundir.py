@@ -54,6 +54,7 @@ __all__ = ["DIGEST_CACHE_FILE", "JsonlLog", "LOCK_DIR", "RunDir", "StageBusyErro
 log = logging.getLogger(__name__)
 
 LOCK_DIR = ".locks"
+NAME_MAX = 255  # bytes in one file name (Linux, macOS)
 MANIFEST_WAIT = 60.0
 DIGEST_CACHE_FILE = ".msr/digests.json"
 _DIGEST_CACHE_VERSION = 1
@@ -82,6 +83,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     at most one temp per target and the next write of the target removes it. While another process
     writes the same target, this one writes beside it under a unique `.NAME.<random>.tmp`."""
     path = Path(path)
+    if len(os.fsencode(path.name)) > NAME_MAX:
+        raise ValueError(f"{path}: its name is {len(os.fsencode(path.name))} bytes, more than a file system allows "
+                         f"({NAME_MAX}); choose a shorter name")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp, fd = _claim_temp(path)
     try:
@@ -97,7 +101,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 def _claim_temp(path: Path) -> tuple[Path, int | None]:
     """The temp path for a write of `path` and the descriptor holding its flock (None: a unique temp)."""
-    shared = path.with_name(f".{path.name}.tmp")
+    stem = _short(path.name, NAME_MAX - 32)  # room for the dots, `.tmp` and mkstemp's random part
+    shared = path.with_name(f".{stem}.tmp")
     while fcntl is not None:
         fd = os.open(shared, os.O_RDWR | os.O_CREAT, 0o666)  # as open() would: the umask decides
         try:
@@ -115,7 +120,7 @@ def _claim_temp(path: Path) -> tuple[Path, int | None]:
             os.ftruncate(fd, 0)
             return shared, fd
         os.close(fd)
-    fd, unique = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, unique = tempfile.mkstemp(prefix=f".{stem}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     return Path(unique), None
 
@@ -153,9 +158,19 @@ class StageBusyError(RuntimeError):
 
 
 def _safe_name(stage: str) -> str:
-    """A file name for `stage`: itself when it is plain, else a readable form plus a short hash."""
+    """A file name for `stage`: itself when it is plain, else a readable form plus a short hash; never longer than a
+    file system allows (with `.lock` added)."""
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", stage).lstrip(".")
-    return safe if safe == stage and safe else f"{safe or 'stage'}-{digest(stage)[:8]}"
+    name = safe if safe == stage and safe else f"{safe or 'stage'}-{digest(stage)[:8]}"
+    return _short(name, NAME_MAX - 8)
+
+
+def _short(name: str, limit: int) -> str:
+    """`name` if it fits in `limit` bytes, else its start and a hash of the whole (the same name gives the same)."""
+    if len(os.fsencode(name)) <= limit:
+        return name
+    head = os.fsencode(name)[:limit - 17].decode("utf-8", "ignore")
+    return f"{head}-{digest(name)[:16]}"
 
 
 def _read_pid(fd: int) -> int | None:

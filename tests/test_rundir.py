@@ -363,3 +363,19 @@ def test_stages_committing_at_once_keep_every_record(tmp_path: Path) -> None:
     assert [p.wait(timeout=120) for p in procs] == [0, 0]
     stages = RunDir(tmp_path).manifest()["stages"]
     assert sorted(stages) == sorted(f"{name}.{k}" for name in ("a", "b") for k in range(40))
+
+
+def test_long_names_get_temps_and_locks_that_fit_or_one_clear_error(tmp_path: Path) -> None:
+    """A 240-byte output name is legal, but `.NAME.tmp` and `.NAME.<random>.tmp` beside it were not (ENAMETOOLONG
+    traceback); a stage named after a long output likewise for its lock file."""
+    target = tmp_path / ("x" * 240 + ".json")
+    write_json(target, {"a": 1})
+    with atomic_path(target) as tmp, atomic_path(target) as other:  # the shared temp, and the unique one beside it
+        assert len(tmp.name) <= 255 and len(other.name) <= 255 and tmp != other
+        tmp.write_text("{}")
+        other.write_text("{}")
+    assert json.loads(target.read_text()) == {} and sorted(p.name for p in tmp_path.iterdir()) == [target.name]
+    with pytest.raises(ValueError, match="300 bytes, more than a file system allows"):
+        write_json(tmp_path / ("y" * 300), {})
+    with RunDir(tmp_path).lock("score." + "z" * 300) as lock:
+        assert len(lock.name) <= 255
