@@ -10,6 +10,7 @@ the hub client as a malformed repo id.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Iterator, Sequence
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from safetensors import SafetensorError
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -135,6 +137,16 @@ def load_model(name: str, dtype: str = "auto", device: str = "auto", load_in_4bi
     if adapter:
         check_model_name(adapter, "adapter", ("adapter_config.json",))
     device = resolve_device(device)
+    try:
+        return _load(name, dtype, device, load_in_4bit, trust_remote_code, for_training, max_pixels, adapter)
+    except (SafetensorError, OSError, json.JSONDecodeError, EOFError) as err:  # damaged, incomplete, not cached
+        said = (str(err).splitlines() or [""])[0][:300]
+        raise ValueError(f"cannot load {name}{f' + adapter {adapter}' if adapter else ''}: {type(err).__name__}: "
+                         f"{said} (a file damaged or incomplete: download, convert or train it again)") from err
+
+
+def _load(name: str, dtype: str, device: str, load_in_4bit: bool, trust_remote_code: bool, for_training: bool,
+          max_pixels: int | None, adapter: str | None) -> LoadedModel:
     torch_dtype = resolve_dtype(dtype, device)
     vlm = is_vision_model(name, trust_remote_code)
     kwargs: dict[str, Any] = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}

@@ -143,6 +143,17 @@ def test_prompt_template_mistakes_are_one_line_before_any_model(case: str, fresh
     assert_one_error(code, err, *named)
 
 
+@pytest.mark.parametrize("damaged", ["model.safetensors", "config.json"])
+def test_a_model_with_a_damaged_file_is_one_line(damaged: str, fresh_run: dict, tmp_path: Path, capsys) -> None:
+    model = tmp_path / "vlm"
+    shutil.copytree(fresh_run["vlm"], model)
+    data = (model / damaged).read_bytes()
+    (model / damaged).write_bytes(data[:len(data) // 2])  # an interrupted download or copy
+    code, _, err = run_cli(["summarize", "items", "--run_dir", str(fresh_run["run"]), "--item_model", str(model)],
+                           capsys)
+    assert_one_error(code, err, f"cannot load {model}", "damaged or incomplete")
+
+
 def test_adapter_path_that_does_not_exist(fresh_run: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     run = str(fresh_run["run"])
     assert run_cli(["data", "sft", "--run_dir", run, "--splits", "test", *NO_SUMMARIES], capsys)[0] == 0
