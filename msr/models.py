@@ -217,7 +217,13 @@ def load_encoder(name: str, device: str = "auto", trust_remote_code: bool = Fals
     from sentence_transformers import SentenceTransformer
 
     check_model_name(name, "encoder", ("modules.json", "config.json"))
-    return SentenceTransformer(name, device=resolve_device(device), trust_remote_code=trust_remote_code)
+    device = resolve_device(device)
+    try:
+        return SentenceTransformer(name, device=device, trust_remote_code=trust_remote_code)
+    except (SafetensorError, OSError, json.JSONDecodeError, EOFError) as err:  # damaged, or not in the hub cache
+        said = (str(err).splitlines() or [""])[0][:300]
+        raise ValueError(f"cannot load the encoder {name}: {type(err).__name__}: {said} (a folder's file damaged or "
+                         f"incomplete, or {HUB_HINT})") from err
 
 
 def lora_target_regex(model: PreTrainedModel) -> str:

@@ -89,3 +89,14 @@ def test_tiny_encoder_is_deterministic(tmp_path: Path, tiny_encoder: str) -> Non
     texts = ["a red mug", "Recent items: T1; T2."]
     np.testing.assert_array_equal(embed_texts(texts, tiny_encoder, tmp_path / "c1"),
                                   embed_texts(texts, str(again), tmp_path / "c2"))
+
+
+def test_a_damaged_encoder_is_one_clear_error(tmp_path: Path, tiny_encoder: str) -> None:
+    import shutil
+
+    damaged = tmp_path / "encoder"
+    shutil.copytree(tiny_encoder, damaged)
+    weights = next(damaged.rglob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:100])  # an interrupted copy
+    with pytest.raises(ValueError, match=f"cannot load the encoder {damaged}: .*damaged or incomplete"):
+        _LOAD_ENCODER(str(damaged), "cpu")
