@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import gzip
 import json
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -42,3 +47,29 @@ def assert_one_error(code: int, err: str, *named: str) -> str:
     for name in named:
         assert name in lines[0], lines[0]
     return lines[0]
+
+
+@contextmanager
+def local_server(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A threaded HTTP server on 127.0.0.1 running `handler`, for the block; yields its base URL."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def trickle(handler: BaseHTTPRequestHandler, data: bytes, pause: float, most: int = 100) -> None:
+    """Send `data` a byte at a time, `pause` seconds apart (each read well inside a client's timeout), at most `most`
+    bytes whatever the client does, then close: a server only a deadline on the whole request can stop."""
+    try:
+        for k in range(min(most, len(data))):
+            handler.wfile.write(data[k:k + 1])
+            handler.wfile.flush()
+            time.sleep(pause)
+    except OSError:  # the client gave up
+        pass
+    handler.close_connection = True

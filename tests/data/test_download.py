@@ -5,16 +5,15 @@ from __future__ import annotations
 import gzip
 import io
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from PIL import Image
 
-from helpers import write_jsonl
+from helpers import local_server, trickle, write_jsonl
 from msr import schema
 from msr.cli import main
 from msr.data import download
@@ -93,31 +92,15 @@ class _Handler(BaseHTTPRequestHandler):
             data = head + JPEG * 10 if kind == "trickle_headers" else JPEG * 10
             if kind == "trickle_body":
                 self.wfile.write(head)
-            try:
-                for k in range(100):  # bounded: 10 s at most, whatever the client does
-                    self.wfile.write(data[k:k + 1])
-                    self.wfile.flush()
-                    time.sleep(0.1)
-            except OSError:  # the client gave up
-                pass
-            self.close_connection = True
-            return None
+            return trickle(self, data, 0.1)  # 10 s at most
         raise AssertionError(kind)
 
 
 @pytest.fixture()
 def server():
     _Handler.routes, _Handler.hits = {}, {}
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{httpd.server_address[1]}"
-    try:
+    with local_server(_Handler) as base:
         yield base, _Handler
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
 
 
 def _cfg(tmp_path: Path, meta: Path, fmt: str = "amazon2023", **kw) -> ImagesConfig:

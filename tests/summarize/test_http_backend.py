@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from helpers import local_server, trickle
 from msr.summarize.backends import GenerationSettings, OpenAIBackend, RemoteGenerationError, Request
 from msr.tiny import build_tiny_vlm
 
@@ -208,8 +209,7 @@ def test_images_are_sent_as_every_stage_decodes_them(tmp_path: Path) -> None:
 
 def test_a_server_that_trickles_is_cut_off_at_the_timeout() -> None:
     """Each byte arrives well inside the timeout, so only a deadline on the whole request ends it."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from http.server import BaseHTTPRequestHandler
 
     class Trickle(BaseHTTPRequestHandler):
         def log_message(self, *args) -> None:
@@ -217,25 +217,12 @@ def test_a_server_that_trickles_is_cut_off_at_the_timeout() -> None:
 
         def do_POST(self) -> None:
             self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            head = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 60\r\n\r\n{"choices": []}'
-            try:
-                for k in range(100):  # bounded: 20 s at most, whatever the client does
-                    self.wfile.write(head[k:k + 1])
-                    self.wfile.flush()
-                    time.sleep(0.2)
-            except OSError:  # the client gave up
-                pass
-            self.close_connection = True
+            trickle(self, b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 60\r\n\r\n'
+                          b'{"choices": []}', 0.2)  # 20 s at most
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
-    httpd.daemon_threads = True
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        backend = OpenAIBackend("m", f"http://127.0.0.1:{httpd.server_address[1]}/v1", timeout=1.0, max_retries=0)
+    with local_server(Trickle) as base:
+        backend = OpenAIBackend("m", f"{base}/v1", timeout=1.0, max_retries=0)
         started = time.monotonic()
         with pytest.raises(RemoteGenerationError, match="Timeout|timed out"):
             backend.generate([Request("hi")], GenerationSettings(max_new_tokens=2))
         assert time.monotonic() - started < 3
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
