@@ -139,7 +139,8 @@ def _train(run: RunDir, cfg: QuickstartConfig, model: str) -> Path:
     script = SftScriptArguments(run_dir=str(run.root))
     model_cfg = ModelConfig(model_name_or_path=model, dtype="float32", use_peft=False)
     training = SFTConfig(output_dir=str(out), use_cpu=True, bf16=False, max_length=None, num_train_epochs=cfg.epochs,
-                         per_device_train_batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
+                         per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
+                         learning_rate=cfg.learning_rate,
                          logging_steps=25, eval_strategy="epoch", save_strategy="epoch", save_total_limit=1,
                          report_to="none", activation_checkpointing=False, seed=cfg.seed)
     stage = Stage(run, "sft.train", stage_config(cfg), {"rows": run.path(schema.SFT_DIR), "model": Path(model)},
