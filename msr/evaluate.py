@@ -147,9 +147,15 @@ def popularity_before(run: RunDir, table: pd.DataFrame) -> np.ndarray:
                      for item, ts in zip(table[schema.ITEM], table[schema.CUTOFF_TS])], dtype=np.float64)
 
 
-def _oracle(truth_path: Path, table: pd.DataFrame) -> np.ndarray:
-    from msr.data.synthetic import load_truth, oracle_score
+def _oracle(run: RunDir, truth_path: Path, table: pd.DataFrame) -> np.ndarray:
+    from msr.data.synthetic import PAIRS_FILE, load_truth, oracle_score
 
+    pairs = truth_path.parent / PAIRS_FILE
+    prepared = run.manifest()["stages"].get("data.prepare", {}).get("inputs", {}).get("interactions", {}).get("digest")
+    if not pairs.is_file() or run.content_digest(pairs) != prepared:
+        raise ValueError(f"{truth_path} is not the truth of the data this run was prepared from: the {PAIRS_FILE} beside "
+                         f"it {'differs from' if pairs.is_file() else 'is missing, unlike'} the interactions "
+                         "`msr data prepare` read; give the truth.json generated with them")
     truth = load_truth(truth_path)
     return np.array([oracle_score(truth, u, i, ts) for u, i, ts in
                      zip(table[schema.USER], table[schema.ITEM], table[schema.CUTOFF_TS])])
@@ -182,7 +188,7 @@ def scored_table(run: RunDir, cfg: EvaluateConfig) -> tuple[pd.DataFrame, list[s
     if cfg.truth and not truth.exists():
         raise FileNotFoundError(f"truth file not found: {truth}")
     if "oracle" in cfg.baselines and truth.exists():
-        table["oracle"] = _oracle(truth, table)
+        table["oracle"] = _oracle(run, truth, table)
     return table, [name for name, _ in _pairs("methods", cfg.methods)] + [b for b in BASELINES if b in table.columns]
 
 

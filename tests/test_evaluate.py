@@ -69,6 +69,13 @@ def test_evaluate_writes_every_method_side_by_side(tiny_run: dict) -> None:
     assert (run / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = pd.read_parquet(run / "eval_scores.parquet")
     assert {"zero_shot", "random", "popularity", "oracle"} <= set(table.columns)
+    # the truth of another dataset of the same size (the same ids) would give a silently wrong oracle
+    from msr.data.synthetic import SynthConfig, generate
+
+    other = generate(SynthConfig(out_dir=str(run.parent / "other"), num_users=40, num_items=40, seed=2))
+    with pytest.raises(ValueError, match="is not the truth of the data this run was prepared from"):
+        evaluate(EvaluateConfig(run_dir=str(run), methods=["zero_shot=scores.parquet"],
+                                truth=str(other / "truth.json")))
 
 
 def test_partial_scores_are_refused(tiny_run: dict) -> None:
