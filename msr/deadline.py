@@ -63,7 +63,7 @@ class _Stream(httpcore.NetworkStream):
         return self._stream.read(max_bytes, _bounded(timeout))
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        # one write of a large body is bounded as a whole; msr sends small requests (images go as files, not bodies)
+        # a large body (an image sent as a data URL) is one write: it too gets at most the time left
         self._stream.write(buffer, _bounded(timeout))
 
     def close(self) -> None:

@@ -139,10 +139,20 @@ def load_model(name: str, dtype: str = "auto", device: str = "auto", load_in_4bi
     device = resolve_device(device)
     try:
         return _load(name, dtype, device, load_in_4bit, trust_remote_code, for_training, max_pixels, adapter)
-    except (SafetensorError, OSError, json.JSONDecodeError, EOFError) as err:  # damaged, incomplete, not cached
-        said = (str(err).splitlines() or [""])[0][:300]
-        raise ValueError(f"cannot load {name}{f' + adapter {adapter}' if adapter else ''}: {type(err).__name__}: "
-                         f"{said} (a file damaged or incomplete: download, convert or train it again)") from err
+    except LOAD_ERRORS as err:
+        raise load_error(f"{name}{f' + adapter {adapter}' if adapter else ''}", err,
+                         "download, convert or train it again") from err
+
+
+# what loading raises for a file damaged or incomplete, or a hub id not in the cache
+LOAD_ERRORS = (SafetensorError, OSError, json.JSONDecodeError, EOFError)
+
+
+def load_error(what: str, err: BaseException, fix: str) -> ValueError:
+    """One line for a model, adapter or encoder that did not load (`LOAD_ERRORS`): what, the error's first line, the
+    fix."""
+    said = (str(err).splitlines() or [""])[0][:300]
+    return ValueError(f"cannot load {what}: {type(err).__name__}: {said} (a file damaged or incomplete: {fix})")
 
 
 def _load(name: str, dtype: str, device: str, load_in_4bit: bool, trust_remote_code: bool, for_training: bool,
@@ -220,10 +230,8 @@ def load_encoder(name: str, device: str = "auto", trust_remote_code: bool = Fals
     device = resolve_device(device)
     try:
         return SentenceTransformer(name, device=device, trust_remote_code=trust_remote_code)
-    except (SafetensorError, OSError, json.JSONDecodeError, EOFError) as err:  # damaged, or not in the hub cache
-        said = (str(err).splitlines() or [""])[0][:300]
-        raise ValueError(f"cannot load the encoder {name}: {type(err).__name__}: {said} (a folder's file damaged or "
-                         f"incomplete, or {HUB_HINT})") from err
+    except LOAD_ERRORS as err:
+        raise load_error(f"the encoder {name}", err, f"copy it again; or {HUB_HINT}") from err
 
 
 def lora_target_regex(model: PreTrainedModel) -> str:
