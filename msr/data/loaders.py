@@ -1,7 +1,7 @@
 """Readers for raw recommendation datasets, one per format, all producing the same two tables.
 
 Every reader returns `RawData`: items (id, title, description, brand, categories, image candidate)
-and interactions (user, item, integer timestamp), ids as strings. Parsing is strict: a line or row
+and interactions (user, item, integer timestamp, and the rating where the format has one), ids as strings. Parsing is strict: a line or row
 that cannot be used is skipped and counted by reason in `RawData.counts` as `{reason}_{what}_rows`
 (reasons: `malformed`, `bad_encoding`, `missing_id`, `bad_timestamp`, `duplicate`; see `tabular`),
 with its file and line in the log; a file that cannot be read at all is a ValueError naming it.
@@ -31,7 +31,7 @@ from msr.data.tabular import (
 )
 from msr.data.textio import Drops, csv_records, numbered_lines
 
-FORMATS = ("microlens", "amazon2018", "amazon2023", "generic")
+FORMATS = ("microlens", "amazon2018", "amazon2023", "generic", "movielens", "recbole")
 
 
 @dataclass
@@ -47,11 +47,15 @@ def read_dataset(fmt: str, interactions: str | Path, items: str | Path, image_di
                  allow_truncated: bool = False) -> RawData:
     """Read a dataset in format `fmt` (one of FORMATS). `allow_truncated` keeps the complete lines of
     a truncated gzip file (counted as `truncated_{what}_files`) instead of refusing it."""
+    from msr.data.movielens import read_grouplens, read_recbole
+
     readers: dict[str, Callable[[Path, Path, str | None, bool], RawData]] = {
         "microlens": read_microlens,
         "amazon2018": read_amazon2018,
         "amazon2023": read_amazon2023,
         "generic": read_generic,
+        "movielens": read_grouplens,
+        "recbole": read_recbole,
     }
     if fmt not in readers:
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")

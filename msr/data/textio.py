@@ -186,9 +186,11 @@ def blank_bad_lines(data: bytes, drops: Drops, first: int = 1) -> bytes:
     return b"".join(out)
 
 
-def numbered_lines(path: Path, drops: Drops, allow_truncated: bool = False) -> Iterator[tuple[int, str]]:
-    """(1-based line number, text) of every non-blank line, decoded strictly as UTF-8 (a BOM and a
-    trailing CR removed). A line that is not UTF-8 is a counted drop (`bad_encoding`), not an error."""
+def numbered_lines(path: Path, drops: Drops, allow_truncated: bool = False,
+                   encoding: str = "utf-8") -> Iterator[tuple[int, str]]:
+    """(1-based line number, text) of every non-blank line, decoded strictly as `encoding` (UTF-8 unless a
+    format says otherwise; a BOM and a trailing CR removed). A line that does not decode is a counted drop
+    (`bad_encoding`), not an error."""
     carry, n = b"", 0
     try:
         for block in chunks(path):
@@ -196,26 +198,26 @@ def numbered_lines(path: Path, drops: Drops, allow_truncated: bool = False) -> I
             carry = lines.pop()
             for raw in lines:
                 n += 1
-                text = _decode(raw, n, drops)
+                text = _decode(raw, n, drops, encoding)
                 if text is not None:
                     yield n, text
         if carry:
             n += 1
-            text = _decode(carry, n, drops)
+            text = _decode(carry, n, drops, encoding)
             if text is not None:
                 yield n, text
     except BrokenArchive as err:
         _broken(err, drops, allow_truncated, n)
 
 
-def _decode(raw: bytes, n: int, drops: Drops) -> str | None:
-    """A line as text, or None for a blank line or one that is not UTF-8 (counted)."""
-    if n == 1 and raw.startswith(BOM):
+def _decode(raw: bytes, n: int, drops: Drops, encoding: str = "utf-8") -> str | None:
+    """A line as text, or None for a blank line or one that does not decode (counted)."""
+    if n == 1 and raw.startswith(BOM) and encoding == "utf-8":
         raw = raw[len(BOM):]
     try:
-        text = raw.decode("utf-8").rstrip("\r")
+        text = raw.decode(encoding).rstrip("\r")
     except UnicodeDecodeError as err:
-        drops.add("bad_encoding", f"line {n}", f"byte {err.start} is not UTF-8")
+        drops.add("bad_encoding", f"line {n}", f"byte {err.start} is not {encoding.upper()}")
         return None
     return text if text.strip() else None
 

@@ -121,7 +121,7 @@ def test_generic_format_confines_image_paths(tmp_path: Path, suffix: str) -> Non
 
 def test_errors_name_the_problem(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown format"):
-        read_dataset("movielens", tmp_path / "a", tmp_path / "b", None)
+        read_dataset("netflix", tmp_path / "a", tmp_path / "b", None)
     with pytest.raises(FileNotFoundError, match="interactions file not found"):
         read_dataset("microlens", tmp_path / "nope.csv", tmp_path / "b", None)
     (tmp_path / "p.csv").write_text("who,what,when\n1,2,3\n")
