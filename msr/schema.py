@@ -18,6 +18,7 @@ ITEM_COLUMNS = (ITEM, TITLE, DESCRIPTION, BRAND, CATEGORIES, IMAGE)
 USER = "user_id"
 TIMESTAMP = "timestamp"  # integer, the dataset's own unit (ms for MicroLens and Amazon 2023, s for 2018)
 POSITION = "position"  # 0-based index of the interaction in the user's chronological sequence
+RATING = "rating"  # the user's explicit rating (float), only for formats that have one (movielens, recbole)
 INTERACTION_COLUMNS = (USER, ITEM, TIMESTAMP, POSITION)
 
 # examples.parquet: one row per (user, target); the history is the user's first HISTORY_LEN interactions
@@ -27,6 +28,10 @@ HISTORY_LEN = "history_len"  # == POSITION of the target: the history is positio
 CUTOFF_TS = "cutoff_ts"  # timestamp of the target; global statistics may use only timestamps < CUTOFF_TS
 NEGATIVES = "negatives"  # list of item ids the user never interacted with, seeded
 EXAMPLE_COLUMNS = (USER, SPLIT, TARGET, HISTORY_LEN, CUTOFF_TS, NEGATIVES)
+# optional example columns (data prepare writes them; a table without them means 0 and 1)
+HISTORY_START = "history_start"  # what every method sees is positions [HISTORY_START, HISTORY_LEN) (a window)
+TARGET_LABEL = "target_label"  # 1, or the user's own label of the target under explicit labels (rating > threshold)
+LIKED = "liked"  # interactions.parquet under explicit labels: rating > threshold, for marks in prompts
 
 TRAIN, VALID, TEST = "train", "valid", "test"
 SPLITS = (TRAIN, VALID, TEST)

@@ -67,8 +67,11 @@ def training_windows(data: RunData, max_len: int) -> Sequences:
     return Sequences(items=data.seq_items, start=data.seq_start[user] + begin, length=end - begin)
 
 
-def history_rows(data: RunData, users: np.ndarray, history_len: np.ndarray, max_len: int) -> Sequences:
-    """The input of each example: its user's positions [max(0, h - max_len), h) for history_len h."""
+def history_rows(data: RunData, users: np.ndarray, history_len: np.ndarray, max_len: int,
+                 history_start: np.ndarray | None = None) -> Sequences:
+    """The input of each example: its user's positions [max(start, h - max_len), h) for history_len h and the
+    example's history window start (0 without one)."""
     h = np.asarray(history_len, dtype=np.int64)
-    length = np.minimum(h, max_len)
+    start = np.zeros_like(h) if history_start is None else np.asarray(history_start, dtype=np.int64)
+    length = np.minimum(h - start, max_len)
     return Sequences(items=data.seq_items, start=data.seq_start[np.asarray(users)] + h - length, length=length)

@@ -79,8 +79,9 @@ def eval_stage(cfg: BaselineConfig, run: RunDir) -> Stage:
 def _encode(model: nn.Module, data: RunData, rows: pd.DataFrame, cfg: BaselineConfig,
             device: torch.device) -> torch.Tensor:
     """The user vector of each example row: the model's output at the last of its history's items."""
+    start = rows[schema.HISTORY_START].to_numpy() if schema.HISTORY_START in rows.columns else None
     return user_vectors(model, history_rows(data, rows["user_code"].to_numpy(), rows[schema.HISTORY_LEN].to_numpy(),
-                                            cfg.max_len), device)
+                                            cfg.max_len, start), device)
 
 
 @one_writer(lambda cfg: f"baselines.{cfg.name}.train")

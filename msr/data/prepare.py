@@ -27,6 +27,7 @@ from msr.rundir import RunDir, write_json, write_parquet
 
 log = logging.getLogger(__name__)
 STAGE = "data.prepare"
+SPLITS = ("leave_last_out", "users", "samples")
 
 
 @dataclass
@@ -64,6 +65,23 @@ class PrepareConfig:
                                  "make a question longer than the model's positions."})
     max_description_chars: int = field(default=2000, metadata={"help": "Cut a longer description to this many "
                                        "characters (counted as items_description_cut)."})
+    split: str = field(default="leave_last_out", metadata={"help": "How targets are chosen: leave_last_out (each "
+                       "user's last = test, second-last = valid, earlier = train); users (users in chronological "
+                       "order, by their last interaction, cut by split_ratio: a held-out user's one target is their "
+                       "last item; LLaRA); samples (every position with >= min_history before it is a sample, listed "
+                       "user after user in file order, then time; the last max_samples kept and cut by split_ratio in "
+                       "list order; TALLRec)."})
+    split_ratio: str = field(default="8:1:1", metadata={"help": "train:valid:test shares for split users|samples."})
+    max_samples: int = field(default=0, metadata={"help": "split samples: keep the last N samples of the list "
+                             "(TALLRec: 10000; 0: all)."})
+    train_samples: int = field(default=0, metadata={"help": "Keep a seeded subset of K training examples (few-shot: "
+                               "TALLRec's 16/64/256; 0: all). Validation and test are unchanged."})
+    history_window: int = field(default=0, metadata={"help": "Every method sees only the last N interactions before "
+                                "a target (examples' history_start; LLaRA and TALLRec: 10; 0: the whole history)."})
+    label_threshold: float | None = field(default=None, metadata={"help": "Explicit labels: a target is positive when "
+                                          "the user's own rating is above this (TALLRec: 3), negative otherwise; no "
+                                          "negatives are sampled (set negatives_* to 0). Needs a format with "
+                                          "ratings (movielens, recbole)."})
     allow_truncated: bool = field(default=False, metadata={"help": "Keep the complete lines of a truncated "
                                   "gzip file (counted as truncated_*_files) instead of stopping with an error."})
     seed: int = field(default=0, metadata={"help": "Seed for negative sampling."})
@@ -83,6 +101,20 @@ class PrepareConfig:
             raise ValueError(f"max_image_pixels must be >= 1, got {self.max_image_pixels}")
         if self.train_targets_per_user < -1:
             raise ValueError("train_targets_per_user must be -1 (all) or >= 0")
+        if self.split not in SPLITS:
+            raise ValueError(f"split: {self.split!r} is not one of {', '.join(SPLITS)}")
+        if self.split != "leave_last_out":
+            splits.parse_ratio(self.split_ratio)
+        for name in ("max_samples", "train_samples", "history_window"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_samples and self.split != "samples":
+            raise ValueError("max_samples applies to split: samples only")
+        if self.label_threshold is not None:
+            sampled = [n for n in ("negatives_train", "negatives_valid", "negatives_test") if getattr(self, n)]
+            if sampled:
+                raise ValueError(f"label_threshold labels each target by its rating, so no negatives are sampled: set "
+                                 f"{', '.join(sampled)} to 0")
         if self.max_seq_len and self.max_seq_len < self.min_history + 2:
             raise ValueError("max_seq_len must leave room for min_history + validation + test")
 
@@ -113,6 +145,9 @@ def prepare(cfg: PrepareConfig) -> dict:
              time.perf_counter() - t0)
     _require(len(raw.interactions), f"reading {cfg.interactions}", dropped)
     _require(len(raw.items), f"reading {cfg.items} (no items)", dropped)
+    has_rating = schema.RATING in raw.interactions.columns
+    if cfg.label_threshold is not None and not has_rating:
+        raise ValueError(f"label_threshold: format {cfg.format!r} has no ratings (movielens and recbole have)")
 
     items = raw.items.sort_values(schema.ITEM, kind="stable").reset_index(drop=True)
     for column, limit, name in ((schema.TITLE, cfg.max_title_chars, "title"),
@@ -157,31 +192,34 @@ def prepare(cfg: PrepareConfig) -> dict:
     user_codes, user_ids = pd.factorize(inter[schema.USER], sort=True)
     users, its = user_codes[keep].astype(np.int64), item_codes[keep].astype(np.int64)
     stamps = inter[schema.TIMESTAMP].to_numpy()[keep]
+    rates = inter[schema.RATING].to_numpy(np.float64)[keep] if has_rating else np.full(len(users), np.nan)
+    file_order = np.full(len(user_ids), len(user_codes), dtype=np.int64)  # each user's first row in the file
+    np.minimum.at(file_order, user_codes, np.arange(len(user_codes)))
 
     order = np.lexsort((stamps, its, users))
-    users, its, stamps = users[order], its[order], stamps[order]
+    users, its, stamps, rates = users[order], its[order], stamps[order], rates[order]
     same_pair = np.concatenate(([False], (users[1:] == users[:-1]) & (its[1:] == its[:-1])))
     exact = same_pair & np.concatenate(([False], stamps[1:] == stamps[:-1]))
     dropped["duplicate_rows"] += int(exact.sum())
     repeat = same_pair & ~exact if cfg.dedup_pairs else np.zeros_like(exact)
     dropped["repeated_pairs"] += int(repeat.sum())
     first = ~(exact | repeat)
-    users, its, stamps = users[first], its[first], stamps[first]
+    users, its, stamps, rates = users[first], its[first], stamps[first], rates[first]
 
     n_users, n_items = len(user_ids), len(items)
     core, rounds = splits.kcore(users, its, cfg.user_min, cfg.item_min, n_users, n_items)
     dropped["kcore_interactions"] += int((~core).sum())
-    users, its, stamps = users[core], its[core], stamps[core]
+    users, its, stamps, rates = users[core], its[core], stamps[core], rates[core]
     _require(len(users), f"the {cfg.user_min}/{cfg.item_min}-core", dropped)
     log.info("k-core (%d, %d): %d rounds, %d interactions left", cfg.user_min, cfg.item_min, rounds, len(users))
 
     order = splits.chronological_order(users, stamps, its)
-    users, its, stamps = users[order], its[order], stamps[order]
+    users, its, stamps, rates = users[order], its[order], stamps[order], rates[order]
     consumed_users, consumed_items = users, its  # every (user, item) a user consumed, the capped-away ones too
     if cfg.max_seq_len:
         recent = splits.keep_last(users, cfg.max_seq_len)
         dropped["interactions_beyond_max_seq_len"] += int((~recent).sum())
-        users, its, stamps = users[recent], its[recent], stamps[recent]
+        users, its, stamps, rates = users[recent], its[recent], stamps[recent], rates[recent]
 
     # re-code the surviving users and items densely (items stay in id order)
     user_keep, users = np.unique(users, return_inverse=True)
@@ -191,7 +229,7 @@ def prepare(cfg: PrepareConfig) -> dict:
     n_users, n_items = len(user_keep), len(item_keep)
 
     pos, starts, lengths = splits.positions_in_runs(users)
-    targets = splits.leave_last_out(starts, lengths, cfg.train_targets_per_user, cfg.min_history)
+    targets, protocol = _choose_targets(cfg, starts, lengths, stamps, np.argsort(file_order[user_keep], kind="stable"))
     dropped["users_too_short_to_split"] += targets.users_too_short
     ex_users = users[targets.rows]
     per_split = np.array([cfg.negatives_train, cfg.negatives_valid, cfg.negatives_test])
@@ -220,23 +258,52 @@ def prepare(cfg: PrepareConfig) -> dict:
         schema.BRAND: pa.array(items[schema.BRAND].fillna(""), pa.string()),
         schema.CATEGORIES: pa.array(items[schema.CATEGORIES].tolist(), pa.list_(pa.string())),
         schema.IMAGE: pa.array(items[schema.IMAGE], pa.string(), from_pandas=True)}))
+    extra = {schema.RATING: pa.array(rates, pa.float32())} if has_rating else {}
+    if cfg.label_threshold is not None:
+        extra[schema.LIKED] = pa.array(rates > cfg.label_threshold)
     write_parquet(run.path(schema.INTERACTIONS_FILE), pa.table({
         schema.USER: user_arr.take(pa.array(users)), schema.ITEM: item_arr.take(pa.array(its)),
-        schema.TIMESTAMP: pa.array(stamps, pa.int64()), schema.POSITION: pa.array(pos, pa.int32())}))
+        schema.TIMESTAMP: pa.array(stamps, pa.int64()), schema.POSITION: pa.array(pos, pa.int32()), **extra}))
+    history = pos[rows]
+    labels = rates[rows] > cfg.label_threshold if cfg.label_threshold is not None else np.ones(len(rows), bool)
     write_parquet(run.path(schema.EXAMPLES_FILE), pa.table({
         schema.USER: user_arr.take(pa.array(users[rows])),
         schema.SPLIT: pa.array(split_names[split_codes]),
         schema.TARGET: item_arr.take(pa.array(its[rows])),
-        schema.HISTORY_LEN: pa.array(pos[rows], pa.int32()),
+        schema.HISTORY_LEN: pa.array(history, pa.int32()),
         schema.CUTOFF_TS: pa.array(stamps[rows], pa.int64()),
         schema.NEGATIVES: pa.ListArray.from_arrays(pa.array(neg_offsets, pa.int32()),
                                                    item_arr.take(pa.array(negatives))),
+        schema.HISTORY_START: pa.array(np.maximum(history - cfg.history_window, 0) if cfg.history_window else
+                                       np.zeros(len(rows), np.int64), pa.int32()),
+        schema.TARGET_LABEL: pa.array(labels.astype(np.int8), pa.int8()),
     }))
     stats = _statistics(cfg, n_users, n_items, lengths, items, split_names[split_codes], dropped, rounds)
+    protocol["positive_targets"] = {s: int(labels[split_codes == code].sum()) for code, s in enumerate(schema.SPLITS)}
+    stats["protocol"] = {"split": cfg.split, "split_ratio": cfg.split_ratio if cfg.split != "leave_last_out" else None,
+                         "history_window": cfg.history_window, "label_threshold": cfg.label_threshold,
+                         "train_samples": cfg.train_samples, **protocol}
     write_json(run.path(schema.DATA_STATS_FILE), stats)
     stage.commit()
     log.info("data prepare: done in %.1fs -> %s", time.perf_counter() - t0, run.root)
     return stats
+
+
+def _choose_targets(cfg: PrepareConfig, starts: np.ndarray, lengths: np.ndarray, stamps: np.ndarray,
+                    file_order: np.ndarray) -> tuple[splits.Targets, dict]:
+    """The examples' rows and splits under `cfg.split`, cut to `train_samples`; and what the protocol left out."""
+    beyond = 0
+    if cfg.split == "users":
+        targets = splits.user_ratio_split(starts, lengths, stamps[starts + lengths - 1],
+                                          splits.parse_ratio(cfg.split_ratio), cfg.train_targets_per_user,
+                                          cfg.min_history)
+    elif cfg.split == "samples":
+        targets, beyond = splits.sample_list_split(starts, lengths, file_order, splits.parse_ratio(cfg.split_ratio),
+                                                   cfg.min_history, cfg.max_samples)
+    else:
+        targets = splits.leave_last_out(starts, lengths, cfg.train_targets_per_user, cfg.min_history)
+    targets, k_out = splits.k_shot(targets, cfg.train_samples, cfg.seed)
+    return targets, {"samples_beyond_max_samples": beyond, "train_examples_beyond_train_samples": k_out}
 
 
 def _require(n: int, step: str, dropped: Counter) -> None:

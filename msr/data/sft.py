@@ -26,7 +26,7 @@ import pandas as pd
 from msr import schema
 from msr.data.prepare import STAGE as PREPARE_STAGE
 from msr.data.recheck import pixel_cap, recheck_images
-from msr.data.tables import EXAMPLE_COLUMNS, check_examples, read_table
+from msr.data.tables import EXAMPLE_COLUMNS, check_examples, example_extras, read_table
 from msr.prompts import Prompt, load_prompt, prompt_path
 from msr.provenance import Stage, one_writer, stage_config
 from msr.rundir import RunDir
@@ -119,12 +119,21 @@ class CandidatePrompts:
             table = pd.read_parquet(run.path(schema.USER_SUMMARIES_FILE))
             self.user_summaries = dict(zip(zip(table[schema.USER], table[schema.HISTORY_LEN]), table[schema.SUMMARY]))
         self.sequences: dict[str, list[str]] = {}
+        self.starts: dict[tuple[str, int], int] = {}
         if cfg.history_titles:
-            inter = pd.read_parquet(run.path(schema.INTERACTIONS_FILE), columns=[schema.USER, schema.ITEM])
-            self.sequences = inter.groupby(schema.USER, sort=False)[schema.ITEM].agg(list).to_dict()
+            inter = pd.read_parquet(run.path(schema.INTERACTIONS_FILE))
+            marks = {True: " (liked)", False: " (disliked)"}
+            inter["_shown"] = inter[schema.ITEM].map(self.titles) + (
+                inter[schema.LIKED].map(marks) if schema.LIKED in inter.columns else "")
+            self.sequences = inter.groupby(schema.USER, sort=False)["_shown"].agg(list).to_dict()
+            examples = pd.read_parquet(run.path(schema.EXAMPLES_FILE))
+            if schema.HISTORY_START in examples.columns:
+                self.starts = dict(zip(zip(examples[schema.USER], examples[schema.HISTORY_LEN]),
+                                       examples[schema.HISTORY_START]))
 
     def user_part(self, user: str, history_len: int) -> tuple[str, list[str]]:
-        """The preference text and recent titles for a cutoff: only what came before it."""
+        """The preference text and recent titles for a cutoff: only what came before it, within the example's
+        history window (`history_start`), each title marked (liked) / (disliked) under explicit labels."""
         text = ""
         if self.cfg.user_summary:
             key = (user, history_len)
@@ -134,8 +143,8 @@ class CandidatePrompts:
             text = self.user_summaries[key]
         recent = []
         if self.cfg.history_titles:
-            history = self.sequences[user][:history_len]
-            recent = [self.titles[i] for i in history[max(0, history_len - self.cfg.history_titles):]]
+            start = max(int(self.starts.get((user, history_len), 0)), history_len - self.cfg.history_titles)
+            recent = self.sequences[user][max(0, start):history_len]
         return text, recent
 
     def messages(self, user: str, history_len: int, item: str) -> tuple[list[dict], str | None]:
@@ -148,8 +157,10 @@ class CandidatePrompts:
 
 
 def candidates(example: dict) -> list[tuple[str, int]]:
-    """(item, label) pairs of an example: the target (1) then its negatives (0)."""
-    return [(example[schema.TARGET], 1)] + [(str(n), 0) for n in example[schema.NEGATIVES]]
+    """(item, label) pairs of an example: the target (1, or its own label under explicit labels) then its
+    negatives (0)."""
+    label = int(example.get(schema.TARGET_LABEL, 1))
+    return [(example[schema.TARGET], label)] + [(str(n), 0) for n in example[schema.NEGATIVES]]
 
 
 def question_inputs(run: RunDir, cfg: SftDataConfig) -> dict[str, Path]:
@@ -187,7 +198,7 @@ def write_sft_rows(cfg: SftDataConfig) -> dict:
     if stage.is_current(cfg.force):
         return {split: len(load_sft_split(run.root, split)) for split in cfg.splits}
     prompts = CandidatePrompts(run, cfg)
-    examples = read_table(run, schema.EXAMPLES_FILE, EXAMPLE_COLUMNS)
+    examples = read_table(run, schema.EXAMPLES_FILE, EXAMPLE_COLUMNS + example_extras(run))
     check_examples(run, examples[examples[schema.SPLIT].isin(cfg.splits)], set(prompts.titles))
     counts = {}
     for split in cfg.splits:

@@ -157,3 +157,86 @@ def _draw_unseen(rng: np.random.Generator, users: np.ndarray, k: int, seen_keys:
         unseen = np.setdiff1d(np.arange(n_items), seen_keys[lo:hi] - users[r] * n_items)
         result[r] = rng.choice(unseen, size=k, replace=False)
     return result
+
+
+def parse_ratio(text: str) -> tuple[int, int, int]:
+    """`"8:1:1"` -> (8, 1, 1): the train, validation and test shares of a ratio split (non-negative integers,
+    a positive test share and a positive sum); a ValueError naming the value otherwise."""
+    parts = text.split(":")
+    if len(parts) != 3 or not all(p.strip().isdigit() for p in parts) or int(parts[2]) == 0:
+        raise ValueError(f"split_ratio: expected three whole shares train:valid:test with test > 0 (e.g. 8:1:1), "
+                         f"got {text!r}")
+    return int(parts[0]), int(parts[1]), int(parts[2])
+
+
+def _ratio_cuts(n: int, ratio: tuple[int, int, int]) -> tuple[int, int]:
+    """Where a list of n cut into train | valid | test by `ratio` (floors for train and valid; test gets the rest,
+    as LLaRA's 943 users give 754 | 94 | 95)."""
+    total = sum(ratio)
+    n_train = n * ratio[0] // total
+    return n_train, n_train + n * ratio[1] // total
+
+
+def _rows(starts: np.ndarray, first: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """Row indices starts[u] + first[u] + 0 .. count[u] - 1, user after user."""
+    count = np.maximum(count, 0)
+    return np.repeat(starts + first, count) + (np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count))
+
+
+def _targets(rows: np.ndarray, split: np.ndarray, too_short: int) -> Targets:
+    order = np.argsort(rows, kind="stable")
+    return Targets(rows[order], split[order].astype(np.int8), too_short)
+
+
+def user_ratio_split(starts: np.ndarray, lengths: np.ndarray, last_ts: np.ndarray, ratio: tuple[int, int, int],
+                     train_per_user: int, min_history: int) -> Targets:
+    """Users in chronological order (by their last interaction, ties by user code) cut by `ratio` (LLaRA's 8:1:1
+    of sequences): a validation or test user's one target is their last interaction; a training user's targets
+    are up to `train_per_user` of their last positions (-1: every position with >= min_history before it).
+
+    Every training interaction is then at or before the first validation and test user's last interaction, so no
+    model learns from anything later than a held-out target. Users with fewer than min_history + 1 interactions
+    get no example and are counted."""
+    ok = np.flatnonzero(lengths >= min_history + 1)
+    ok = ok[np.lexsort((ok, last_ts[ok]))]
+    n_train, n_valid = _ratio_cuts(len(ok), ratio)
+    train, held = ok[:n_train], ok[n_train:]
+    first = np.full(len(train), min_history)
+    if train_per_user >= 0:
+        first = np.maximum(first, lengths[train] - train_per_user)
+    train_rows = _rows(starts[train], first, lengths[train] - first)
+    held_rows = starts[held] + lengths[held] - 1
+    split = np.concatenate((np.full(len(train_rows), SPLIT_TRAIN), np.full(n_valid - n_train, SPLIT_VALID),
+                            np.full(len(held) - (n_valid - n_train), SPLIT_TEST)))
+    return _targets(np.concatenate((train_rows, held_rows)), split, int(len(lengths) - len(ok)))
+
+
+def sample_list_split(starts: np.ndarray, lengths: np.ndarray, user_order: np.ndarray, ratio: tuple[int, int, int],
+                      min_history: int, max_samples: int) -> tuple[Targets, int]:
+    """TALLRec's sample list: every position with >= min_history interactions before it is a sample, listed user
+    after user in `user_order` (their order in the raw file) and by time within a user; the last `max_samples`
+    are kept (0: all) and cut in list order by `ratio`. Returns the targets and how many samples the cap left out.
+    Users with no such position get no example and are counted."""
+    count = np.maximum(lengths - min_history, 0)
+    users = user_order[count[user_order] > 0]
+    rows = _rows(starts[users], np.full(len(users), min_history), count[users])
+    beyond = max(0, len(rows) - max_samples) if max_samples else 0
+    rows = rows[beyond:]
+    n_train, n_valid = _ratio_cuts(len(rows), ratio)
+    split = np.full(len(rows), SPLIT_TEST)
+    split[:n_valid], split[:n_train] = SPLIT_VALID, SPLIT_TRAIN
+    return _targets(rows, split, int((count == 0).sum())), beyond
+
+
+def k_shot(targets: Targets, k: int, seed: int) -> tuple[Targets, int]:
+    """Keep a seeded subset of `k` training targets (TALLRec's few-shot 16 / 64 / 256; all when k is 0 or more
+    than there are), every validation and test target; returns them and how many training targets were left out.
+    The draw has its own random stream, so it does not move the negatives drawn with the same seed."""
+    train = np.flatnonzero(targets.split == SPLIT_TRAIN)
+    if not k or k >= len(train):
+        return targets, 0
+    rng = np.random.Generator(np.random.PCG64([seed, 1]))
+    drop = np.setdiff1d(train, rng.choice(train, size=k, replace=False))
+    keep = np.ones(len(targets.rows), dtype=bool)
+    keep[drop] = False
+    return Targets(targets.rows[keep], targets.split[keep], targets.users_too_short), len(drop)

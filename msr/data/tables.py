@@ -47,3 +47,23 @@ def check_examples(run: RunDir, examples: pd.DataFrame, catalog: set[str]) -> No
 
 
 EXAMPLE_COLUMNS = [schema.USER, schema.SPLIT, schema.TARGET, schema.HISTORY_LEN, schema.CUTOFF_TS, schema.NEGATIVES]
+
+
+def example_extras(run: RunDir) -> list[str]:
+    """The optional example columns (history window, explicit label) the run's examples table has (none when it
+    cannot be read: `read_table` then names the problem)."""
+    try:
+        present = pq.read_schema(run.path(schema.EXAMPLES_FILE)).names
+    except (pa.ArrowException, OSError):
+        return []
+    return [c for c in (schema.HISTORY_START, schema.TARGET_LABEL) if c in present]
+
+
+def refuse_window(run: RunDir, stage: str) -> None:
+    """Refuse a run whose examples have a history window (`msr data prepare --history_window`) in a stage that
+    reads whole histories, rather than show it more than the protocol lets a method see."""
+    path = run.path(schema.EXAMPLES_FILE)
+    if schema.HISTORY_START in example_extras(run) and \
+            (pd.read_parquet(path, columns=[schema.HISTORY_START])[schema.HISTORY_START] > 0).any():
+        raise ValueError(f"{path}: its examples see a history window (data prepare --history_window); {stage} reads "
+                         "whole histories and does not take a window: prepare a run without --history_window for it")

@@ -29,6 +29,7 @@ import torch
 from safetensors.torch import load_file
 
 from msr import schema
+from msr.data.tables import refuse_window
 from msr.graph.build import build_item_graph, propagate
 from msr.graph.config import GraphConfig
 from msr.graph.data import (
@@ -107,6 +108,7 @@ def train_graph(cfg: GraphConfig) -> dict:
         return json.loads(run.path(f"{GRAPH_DIR}/{STATE_FILE}").read_text(encoding="utf-8"))
     t0 = time.perf_counter()
     key = stage.fingerprint()
+    refuse_window(run, "msr graph train")
     data = load_run(run)
     train, valid = split_rows(data, schema.TRAIN), split_rows(data, schema.VALID)
     for rows, what in ((train, "training"), (valid, "validation")):

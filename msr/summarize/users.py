@@ -24,7 +24,7 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from msr import schema
-from msr.data.tables import read_table
+from msr.data.tables import read_table, refuse_window
 from msr.prompts import load_prompt
 from msr.provenance import Stage, one_writer
 from msr.rundir import JsonlLog, RunDir, digest, write_parquet
@@ -99,6 +99,8 @@ def summarize_users(cfg: SummarizeConfig, backend: Backend | None = None) -> dic
     run = RunDir(cfg.run_dir)
     names = ("user_summary_direct",) if cfg.mode == "direct" else ("user_summary_first", "user_summary_update")
     prompts = {name: load_prompt(name, cfg.prompt_dir) for name in names}  # checked before anything is read
+    run.require(schema.EXAMPLES_FILE)
+    refuse_window(run, "msr summarize users")
     records = load_item_summaries(run, cfg)
     item_keys = {item: record["key"] for item, record in records.items()}
     summaries = {item: record[schema.SUMMARY] for item, record in records.items()}
