@@ -73,6 +73,12 @@ def _evaluate(argv: Sequence[str]) -> None:
     print(report(evaluate(cfg), cfg.ks))
 
 
+def _spread(argv: Sequence[str]) -> None:
+    from msr.spread import SpreadConfig, spread, spread_report
+
+    print(spread_report(spread(parse_config(SpreadConfig, argv, prog="msr spread"))))
+
+
 def _graph_train(argv: Sequence[str]) -> None:
     from msr.graph.config import GraphConfig
     from msr.graph.pipeline import train_graph
@@ -136,6 +142,8 @@ COMMANDS: list[tuple[tuple[str, ...], str, Callable[[Sequence[str]], None]]] = [
     (("evaluate",), "scores -> AUC, HR/NDCG/MRR@K per method beside baselines, with 95%% intervals and "
      "p-values; full ranking of retrieved lists",
      _evaluate),
+    (("spread",), "one protocol over seeds: the spread of every figure across seeds beside its interval over users",
+     _spread),
     (("graph", "train"), "MLLMRec: embed texts, build the item-item graph from training data, fit the towers",
      _graph_train),
     (("graph", "evaluate"), "MLLMRec: full-ranking Recall/NDCG@K and scores for the candidates of `msr evaluate`",

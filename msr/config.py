@@ -155,6 +155,27 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def preset_section(values: dict[str, Any], prog: str, path: str | Path) -> dict[str, Any]:
+    """A stage's keys from a config file: the file itself, or, in a preset (a file with a `preset:` key: one
+    section per command, recipes/movielens), the section named for the command (`data prepare`, `baselines`
+    with `baselines train` / `baselines evaluate` over it, `evaluate`...). A preset's other keys (its `preset`
+    title, its `published` block, other commands' sections) are not this stage's."""
+    if "preset" not in values:
+        return values
+    words = prog.split()[1:]
+    names = [" ".join(words[:n]) for n in range(1, len(words) + 1)]
+    merged: dict[str, Any] = {}
+    for name in names:
+        section = values.get(name)
+        if section is not None and not isinstance(section, dict):
+            raise ConfigError(f"{path}: preset section `{name}` must be a mapping of key: value")
+        merged.update(section or {})
+    if not any(name in values for name in names):
+        sections = ", ".join(k for k in values if isinstance(values[k], dict) and k != "published") or "none"
+        raise ConfigError(f"{path}: a preset without a section for `{prog}` (its sections: {sections})")
+    return merged
+
+
 class _StageParser(HfArgumentParser):
     """`HfArgumentParser` whose errors (a value it cannot read, a missing required key) are ConfigErrors,
     so `msr` reports them on one line like every other user error, instead of exiting from inside."""
@@ -178,7 +199,7 @@ def parse_config(cls: type[T], argv: Sequence[str] = (), prog: str | None = None
     parser = _StageParser(cls, prog=prog)
     parser.add_argument("--config", default=None, help="YAML file whose keys are the options below")
     if known.config is not None:
-        values = read_yaml(known.config)
+        values = preset_section(read_yaml(known.config), prog or "msr", known.config)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted((key for key in values if key not in names), key=str)  # a YAML key may be a number
         if unknown:

@@ -36,6 +36,7 @@ from msr.metrics import (
     roc_curve,
 )
 from msr.provenance import one_writer
+from msr.published import read_published, verdicts
 from msr.report import model_card_path, report, update_model_card
 from msr.rundir import RunDir, write_json, write_parquet
 from msr.scored import CANDIDATE_KEY, EXAMPLE_KEY, check_producer, read_retrieval, read_scores, retrieved_for
@@ -93,6 +94,9 @@ class EvaluateConfig:
         "help": "name=file pairs: tables that scored the retrieved items (`msr score --candidates`)."})
     full_ks: list[int] = field(default_factory=lambda: [10, 20], metadata={
         "help": "Full-ranking cut-offs K (at most the retrieval depth)."})
+    published: str | None = field(default=None, metadata={
+        "help": "A YAML file with a `published:` block (a preset of recipes/movielens): each published figure beside "
+                "ours with its 95 percent interval, and whether it lies inside."})
     model_card: str | None = field(default=None, metadata={
         "help": "A trained model's directory (adapter or merged): its README.md model card gets this "
                 "evaluation's table, replacing the one an earlier evaluation of the same split wrote."})
@@ -209,18 +213,26 @@ def sampled_metrics(table: pd.DataFrame, names: list[str], cfg: EvaluateConfig) 
     example_users = np.zeros(examples.max() + 1, dtype=np.int64)
     example_users[examples] = pd.factorize(table[schema.USER])[0]
     labels = table[schema.LABEL].to_numpy()
-    points, statistics, columns = {}, {}, []
+    pointwise = is_pointwise(table)
+    points, statistics, columns = {}, {}, ["auc"]
     for name in names:
         scores = table[name].to_numpy(dtype=np.float64)
+        if pointwise:  # one candidate per example, labelled by the user: AUC over all of them is the figure
+            if not np.isfinite(scores).all():
+                raise ValueError(f"{name}: {int((~np.isfinite(scores)).sum())} scores are NaN or infinite")
+            points[name] = {"users": int(examples.max()) + 1, "auc": roc_auc(scores, labels)}
+            statistics[name] = PooledAuc(scores, labels, examples)
+            continue
         per_example = example_metrics(scores, labels, examples, cfg.ks)
         points[name] = mean_metrics(per_example, roc_auc(scores, labels))
         statistics[name] = stacked(mean_statistic(np.column_stack(list(per_example.values()))),
                                    PooledAuc(scores, labels, examples))
         columns = list(per_example) + ["auc"]
+    metric = "auc" if pointwise else cfg.compare_metric
     among = [n for n in (*REFERENCE_BASELINES, *cfg.compare_to) if n in points]
-    reference = best_of(points, among, cfg.compare_metric)
+    reference = best_of(points, among, metric)
     how = {"resamples": cfg.resamples, "level": LEVEL, "seed": cfg.seed, "unit": "user", "reference": reference,
-           "reference_metric": cfg.compare_metric, "reference_among": among}
+           "reference_metric": metric, "reference_among": among, "labels": "explicit" if pointwise else "sampled"}
     return _with_uncertainty(points, statistics, columns, example_users, reference, cfg), how
 
 
@@ -273,6 +285,12 @@ def full_ranking(run: RunDir, cfg: EvaluateConfig) -> dict:
             "target_retrieved": float(np.isfinite(ranks[retriever]).mean()), "methods": methods}
 
 
+def is_pointwise(table: pd.DataFrame) -> bool:
+    """Explicit labels (`msr data prepare --label_threshold`): every example has one candidate, its target,
+    labelled by the user's own rating, and the labels are not all alike."""
+    return bool(_negatives(table)[1] == 0 and table[schema.LABEL].nunique() == 2)
+
+
 def _negatives(table: pd.DataFrame) -> list[int]:
     """The fewest and most sampled negatives an example has."""
     sizes = table.groupby(EXAMPLE_KEY).size() - 1
@@ -285,16 +303,19 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     cfg.validate()
     if cfg.model_card:
         model_card_path(cfg.model_card)  # a wrong folder fails before any work, not after it
+    published = read_published(cfg.published) if cfg.published else None
     run = RunDir(cfg.run_dir)
     run.require(schema.EXAMPLES_FILE, schema.INTERACTIONS_FILE)
     table, names = scored_table(run, cfg)
-    if not table.empty and _negatives(table)[0] == 0:
+    if not table.empty and _negatives(table)[0] == 0 and not is_pointwise(table):
         raise ValueError(f"{run.path(schema.EXAMPLES_FILE)}: some {cfg.split} examples have no sampled negatives, so "
                          f"they cannot be ranked: re-run `msr data prepare` with negatives_{cfg.split} >= 1")
     methods, how = sampled_metrics(table, names, cfg)
     out = {"split": cfg.split, "methods": methods, "negatives": _negatives(table), "uncertainty": how}
     if cfg.retrieval:
         out["full_ranking"] = full_ranking(run, cfg)
+    if published:
+        out["published"] = verdicts(published, methods)
     write_json(run.path(METRICS_FILE), out)
     write_parquet(run.path(EVAL_SCORES_FILE), pa.Table.from_pandas(table, preserve_index=False))
     _plot_roc(run.path(ROC_FILE), table, names)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from msr import schema
+from msr.published import published_section
 from msr.rundir import atomic_path
 
 
@@ -54,6 +55,9 @@ def _sampled(metrics: dict, ks: list[int]) -> list[str]:
     low, high = metrics.get("negatives", ["N", "N"])
     negatives = f"{low}" if low == high else f"{low} to {high}"
     how = metrics.get("uncertainty", {})
+    explicit = how.get("labels") == "explicit"
+    if explicit:
+        columns = ["auc"]
     reference = how.get("reference")
     among = ", ".join(how.get("reference_among", [])) or "none"
     if reference:
@@ -65,6 +69,11 @@ def _sampled(metrics: dict, ks: list[int]) -> list[str]:
              "Each example's target among its own sampled negatives, the same candidates for every method (not a "
              "ranking over the catalog). AUC pools all candidate pairs; user_auc averages each user's AUC. Ties rank "
              "the positive below the negatives it ties with. ROC curves: roc.png.", ""]
+    if explicit:
+        lines = ["## Explicit labels: one candidate per example, labelled by the user's own rating", "",
+                 "Each example's target, positive when the user rated it above the threshold of `msr data prepare "
+                 "--label_threshold`. AUC over every (liked, disliked) pair of the split; ties count one half. ROC "
+                 "curves: roc.png.", ""]
     return lines + _table(metrics["methods"], columns, _cell) + [""] + _uncertainty(metrics["methods"], columns, how,
                                                                                      reference, why)
 
@@ -91,6 +100,8 @@ def report(metrics: dict, ks: list[int]) -> str:
     lines = [f"# Evaluation: {metrics['split']} split, {users} users", ""] + _sampled(metrics, ks)
     if full:
         lines += _full(full, metrics.get("uncertainty", {}))
+    if metrics.get("published"):
+        lines += published_section(metrics["published"])
     return "\n".join(lines)
 
 

@@ -31,7 +31,9 @@ from msr.baselines.config import BaselineConfig
 from msr.config import parse_config
 from msr.data.prepare import PrepareConfig
 from msr.data.sft import SftDataConfig, write_sft_rows
+from msr.evaluate import EvaluateConfig
 from msr.graph.config import GraphConfig
+from msr.score_split import ScoreConfig
 from msr.summarize.config import SummarizeConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,13 +79,25 @@ def _is_training_recipe(path: Path) -> bool:
     return _stage(path) is None and "model_name_or_path" in values
 
 
+def _is_preset(path: Path) -> bool:
+    return "preset" in (yaml.safe_load(path.read_text(encoding="utf-8")) or {})
+
+
+# a preset's sections: the command whose section it is, and that command's config class
+PRESET_SECTIONS = {"data prepare": ("msr data prepare", PrepareConfig),
+                   "baselines": ("msr baselines train", BaselineConfig),
+                   "data sft": ("msr data sft", SftDataConfig),
+                   "score": ("msr score", ScoreConfig),
+                   "evaluate": ("msr evaluate", EvaluateConfig)}
+
+
 def _can_run_bf16_on_gpu() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
 @pytest.mark.parametrize("path", STAGE_YAML, ids=_id)
 def test_every_recipe_has_a_known_stage(path: Path) -> None:
-    assert _stage(path) or _is_training_recipe(path), (
+    assert _stage(path) or _is_training_recipe(path) or _is_preset(path), (
         f"{path.name}: no stage known for this recipe (name it data*, summarize*, sft_data*, or give a training "
         "recipe its model_name_or_path)")
 
@@ -95,6 +109,23 @@ def test_stage_recipe_parses_and_names_its_command(path: Path) -> None:
     expected = "# " + " && ".join(f"{command} --config {relative}" for command in commands)
     assert _first_line(path) == expected
     parse_config(config_class, ["--config", str(path)])
+
+
+@pytest.mark.parametrize("path", [p for p in STAGE_YAML if _is_preset(p)], ids=_id)
+def test_preset_sections_parse_and_its_commands_come_first(path: Path) -> None:
+    """Each section of a preset parses as its command reads it, the header gives every command in the order they
+    run (prepare first, evaluate last), and its published block reads."""
+    from msr.published import read_published
+
+    values = yaml.safe_load(path.read_text(encoding="utf-8"))
+    header = [line.removeprefix("# ") for line in path.read_text(encoding="utf-8").splitlines()
+              if line.startswith("# msr ")]
+    assert header[0] == f"msr data prepare --config {_relative(path)}"
+    assert header[-1] == f"msr evaluate --config {_relative(path)}"
+    for section, (command, config_class) in PRESET_SECTIONS.items():
+        assert section in values, f"{path.name}: no `{section}` section"
+        parse_config(config_class, ["--config", str(path), "--run_dir", "x"], prog=command)
+    assert read_published(path)["rows"]
 
 
 @pytest.mark.parametrize("path", [p for p in STAGE_YAML if _is_training_recipe(p)], ids=_id)
