@@ -35,10 +35,15 @@ TOO_MANY_PIXELS = "too_many_pixels"
 def file_stem(item_id: str) -> str:
     """The file-name stem under which an item's image is stored: the id itself if it is a safe
     token, otherwise a hash of it (so `../../etc/passwd` can never become a path). An id that itself
-    starts with the hash prefix is hashed too, so no id's plain name is another id's hashed one."""
-    if _SAFE_STEM.fullmatch(item_id) and ".." not in item_id and not item_id.startswith(HASHED):
-        return item_id
-    return HASHED + hashlib.sha1(item_id.encode()).hexdigest()
+    starts with the hash prefix, in any case, is hashed too, so no id's plain name is another id's hashed one.
+
+    Names never collide on a case-insensitive file system (macOS, Windows) either: a safe id with a lowercase
+    letter gets `~` and 12 hex digits of its hash after it (no plain name holds `~`), so `abc` and `ABC` are two
+    files; ids without lowercase letters (MicroLens' numbers, Amazon's ASINs) keep their plain names."""
+    digest = hashlib.sha1(item_id.encode()).hexdigest()
+    if not _SAFE_STEM.fullmatch(item_id) or ".." in item_id or item_id.lower().startswith(HASHED):
+        return HASHED + digest
+    return f"{item_id}~{digest[:12]}" if any("a" <= c <= "z" for c in item_id) else item_id
 
 
 def image_for_id(folder: Path, item_id: str) -> Path | None:

@@ -243,7 +243,7 @@ def test_amazon2018_and_generic_and_cli(server, tmp_path: Path, capsys: pytest.C
                                                      {"id": "local", "image": "covers/local.jpg"}])
     summary = download_images(_cfg(tmp_path, generic, "generic", image_dir=str(tmp_path / "ig")))
     assert summary["downloaded"] == 1 and summary["failures_by_reason"] == {"no_url": 1}
-    assert (tmp_path / "ig" / "g.webp").is_file()
+    assert (tmp_path / "ig" / f"{file_stem('g')}.webp").is_file()
     assert main(["data", "images", "--items", str(generic), "--image_dir", str(tmp_path), "--nope", "1"]) == 2
     assert main(["data", "images", "--items", str(generic), "--image_dir", str(tmp_path),
                  "--format", "microlens"]) == 2

@@ -23,6 +23,17 @@ def test_no_plain_id_takes_another_ids_hashed_name() -> None:
     assert images.file_stem(hashed).startswith("sha1-")
 
 
+def test_no_two_ids_share_a_name_on_a_case_insensitive_file_system(tmp_path: Path) -> None:
+    ids = ["abc", "ABC", "Abc", "B00X1", "b00x1", "sha1-" + "0" * 40, "SHA1-" + "0" * 40, "a/b", "123", "x_y-z"]
+    stems = [images.file_stem(i) for i in ids]
+    assert len({s.casefold() for s in stems}) == len(ids), stems  # what macOS and Windows compare
+    assert images.file_stem("B00X1") == "B00X1" and images.file_stem("123") == "123"  # ASINs and numbers unchanged
+    assert images.file_stem("SHA1-" + "0" * 40).startswith("sha1-")
+    for item in ("abc", "ABC"):  # stored and found again under its own name
+        (tmp_path / f"{images.file_stem(item)}.jpg").write_bytes(item.encode())
+    assert images.image_for_id(tmp_path, "abc").read_bytes() == b"abc"
+
+
 def test_resolve_inside_refuses_traversal(tmp_path: Path) -> None:
     assert images.resolve_inside(tmp_path, "a/b.jpg") == (tmp_path / "a" / "b.jpg").resolve()
     assert images.resolve_inside(tmp_path, "../b.jpg") is None
@@ -48,11 +59,12 @@ def test_check_image_reasons(tmp_path: Path) -> None:
 
 def test_verify_confines_every_candidate_to_the_folder(tmp_path: Path) -> None:
     folder = tmp_path / "covers"
-    write_jpeg(folder / "a.jpg")
+    write_jpeg(folder / "a.jpg")  # the image of id "A", and of the relative paths below
     write_jpeg(tmp_path / "outside.jpg")
-    (folder / "out.jpg").symlink_to(tmp_path / "outside.jpg")
-    (folder / "in.jpg").symlink_to(folder / "a.jpg")
-    candidates = images.locate(folder, ["a", "out", "in", "none"])       # found by id
+    (folder / "OUT.jpg").symlink_to(tmp_path / "outside.jpg")
+    (folder / "IN.jpg").symlink_to(folder / "a.jpg")
+    (folder / "A.jpg").symlink_to(folder / "a.jpg")
+    candidates = images.locate(folder, ["A", "OUT", "IN", "NONE"])       # found by id
     candidates += images.locate(folder, ["x", "y", "z"], ["a\x00.jpg", "../outside.jpg", "a.jpg"])
     usable, reasons = images.verify_images(candidates, root=folder)
     resolved = str((folder / "a.jpg").resolve())
