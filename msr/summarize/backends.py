@@ -81,11 +81,13 @@ class TransformersBackend(Backend):
     """A local model, batched with left padding; VLMs get their image, text LMs text only."""
 
     def __init__(self, model: str, batch_size: int = 8, dtype: str = "auto", device: str = "auto",
-                 load_in_4bit: bool = False, trust_remote_code: bool = False, max_pixels: int | None = None):
+                 load_in_4bit: bool = False, trust_remote_code: bool = False, max_pixels: int | None = None,
+                 max_batch_tokens: int = 32768, max_new_tokens: int = 200):
         self.loaded = load_model(model, dtype, device, load_in_4bit, trust_remote_code, max_pixels=max_pixels)
         self.loaded.tokenizer.padding_side = "left"
         self.model_id = model
         self.batch_size = batch_size
+        self.max_batch_tokens, self.max_new_tokens = max_batch_tokens, max_new_tokens
 
     def _generate(self, requests: list[Request], settings: GenerationSettings) -> list[str]:
         if not self.loaded.is_vlm and any(r.image for r in requests):
@@ -99,11 +101,21 @@ class TransformersBackend(Backend):
     def batches(self, requests: list[Request]) -> list[list[int]]:
         """Prompts with an image apart from those without (one input shape per batch), each kind in order of its
         prompt's token count, so that a batch pads its prompts to similar lengths: less prefill spent on padding
-        and a smaller cache. Which prompts share a batch never changes a prompt's cache key."""
+        and a smaller cache; a batch is cut early where its prompts, padded to the longest, plus max_new_tokens each
+        would pass max_batch_tokens (the prompt's text tokens; an image adds its own, bounded by the processor).
+        Which prompts share a batch never changes a prompt's cache key."""
         tokens = self.loaded.tokenizer([r.prompt for r in requests], add_special_tokens=False)["input_ids"]
         order = sorted(range(len(requests)), key=lambda i: len(tokens[i]))
-        return [[order[j] for j in chunk]
-                for chunk in image_batches([requests[i].image for i in order], self.batch_size)]
+        out: list[list[int]] = []
+        for chunk in image_batches([requests[i].image for i in order], self.batch_size):
+            batch: list[int] = []
+            for i in (order[j] for j in chunk):  # ascending lengths: the newest prompt is the longest
+                if batch and (len(batch) + 1) * (len(tokens[i]) + self.max_new_tokens) > self.max_batch_tokens:
+                    out.append(batch)
+                    batch = []
+                batch.append(i)
+            out.append(batch)
+        return out
 
     @torch.inference_mode()
     def _batch(self, requests: list[Request], settings: GenerationSettings) -> list[str]:

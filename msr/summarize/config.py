@@ -26,6 +26,10 @@ class SummarizeConfig:
     batch_size: int = field(default=8, metadata={"help": "Prompts per generate call (transformers) "
                             "or per flushed group (openai)."})
     max_new_tokens: int = field(default=200, metadata={"help": "Longest summary, in tokens."})
+    max_batch_tokens: int = field(default=32768, metadata={"help": "transformers: a batch holds at most this many "
+                                  "tokens, its prompts padded to the longest plus max_new_tokens each (what its KV "
+                                  "cache holds), so a few long prompts make a smaller batch, not a larger allocation; "
+                                  "a prompt over it alone is a batch of one."})
     do_sample: bool = field(default=False, metadata={"help": "Sample instead of greedy decoding."})
     temperature: float = field(default=0.6, metadata={"help": "Sampling temperature (with do_sample)."})
     top_p: float = field(default=0.9, metadata={"help": "Nucleus sampling (with do_sample)."})
@@ -56,7 +60,7 @@ class SummarizeConfig:
             raise ValueError(f"mode: {self.mode!r} is not one of {', '.join(MODES)}")
         if self.backend == "openai" and not self.api_base:
             raise ValueError("api_base is required with --backend openai")
-        for name in ("block_size", "batch_size", "max_new_tokens", "concurrency"):
+        for name in ("block_size", "batch_size", "max_new_tokens", "max_batch_tokens", "concurrency"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
@@ -100,4 +104,4 @@ def make_backend(cfg: SummarizeConfig, model: str) -> Backend:
     from msr.summarize.backends import TransformersBackend
 
     return TransformersBackend(model, cfg.batch_size, cfg.dtype, cfg.device, cfg.load_in_4bit,
-                               cfg.trust_remote_code, cfg.max_pixels)
+                               cfg.trust_remote_code, cfg.max_pixels, cfg.max_batch_tokens, cfg.max_new_tokens)

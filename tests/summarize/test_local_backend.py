@@ -35,6 +35,20 @@ def test_batches_group_similar_lengths_and_never_mix_images(tiny_run_template: d
     assert backend.batches(requests) != [list(range(lo, min(lo + 4, 12))) for lo in range(0, 12, 4)]
 
 
+def test_a_token_budget_cuts_batches_so_long_prompts_never_multiply_memory(tiny_run_template: dict) -> None:
+    requests = _requests(tiny_run_template["run"], with_images=False)
+    requests.append(Request("very long " * 400, None))  # one prompt far over the budget
+    backend = TransformersBackend(tiny_run_template["lm"], batch_size=8, max_batch_tokens=400, max_new_tokens=20)
+    tokens = [len(backend.loaded.tokenizer(r.prompt, add_special_tokens=False)["input_ids"]) for r in requests]
+    batches = backend.batches(requests)
+    assert sorted(i for b in batches for i in b) == list(range(len(requests)))
+    for b in batches:  # padded to the longest, plus the new tokens: within the budget, or a batch of one
+        assert len(b) == 1 or len(b) * (max(tokens[i] for i in b) + 20) <= 400, (b, tokens)
+    assert [len(requests) - 1] in batches and max(len(b) for b in batches) > 1
+    unbounded = TransformersBackend(tiny_run_template["lm"], batch_size=8, max_new_tokens=20)
+    assert len(unbounded.batches(requests)) < len(batches)
+
+
 @pytest.mark.parametrize("model", ["lm", "vlm"])
 def test_batched_texts_equal_one_at_a_time(tiny_run_template: dict, model: str) -> None:
     backend = TransformersBackend(tiny_run_template[model], batch_size=4)
