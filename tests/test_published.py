@@ -159,3 +159,19 @@ def test_spread_over_seeds_beside_the_interval_over_users(tmp_path: Path) -> Non
     assert "| random | auc |" in (tmp_path / "spread" / "spread.md").read_text()
     with pytest.raises(ValueError, match="at least two run directories"):
         spread(SpreadConfig(runs=runs[:1], out_dir=str(tmp_path)))
+
+
+def test_under_the_users_split_held_out_users_train_nothing(tmp_path: Path) -> None:
+    inter, items = _raw(tmp_path / "raw", users=20)
+    run = tmp_path / "run"
+    prepare(PrepareConfig(run_dir=str(run), format="recbole", interactions=str(inter), items=str(items), user_min=0,
+                          item_min=0, split="users", history_window=10, train_targets_per_user=-1, negatives_valid=3,
+                          negatives_test=3))
+    data = load_run(RunDir(run))
+    held = data.examples[data.examples[schema.SPLIT] != "train"]["user_code"].to_numpy()
+    train = np.setdiff1d(np.arange(data.n_users), held)
+    assert len(held) == 4 and (data.train_len[held] == 0).all()
+    assert (data.train_len[train] == data.seq_len[train]).all()
+    stamps = pd.read_parquet(run / schema.INTERACTIONS_FILE)
+    trained = stamps[stamps[schema.USER].isin(data.users[train])][schema.TIMESTAMP].max()
+    assert trained <= data.examples.loc[data.examples[schema.SPLIT] != "train", schema.CUTOFF_TS].min()

@@ -7,6 +7,8 @@ the file and the command that writes it again, never a KeyError deep in a stage.
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -67,3 +69,15 @@ def refuse_window(run: RunDir, stage: str) -> None:
             (pd.read_parquet(path, columns=[schema.HISTORY_START])[schema.HISTORY_START] > 0).any():
         raise ValueError(f"{path}: its examples see a history window (data prepare --history_window); {stage} reads "
                          "whole histories and does not take a window: prepare a run without --history_window for it")
+
+
+def split_protocol(run: RunDir) -> str:
+    """How `msr data prepare` chose the run's targets (`split`: leave_last_out, users or samples), from
+    data_stats.json; leave_last_out for a run prepared before the protocols existed."""
+    path = run.path(schema.DATA_STATS_FILE)
+    try:
+        stats = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "leave_last_out"
+    protocol = stats.get("protocol") if isinstance(stats, dict) else None
+    return str(protocol.get("split", "leave_last_out")) if isinstance(protocol, dict) else "leave_last_out"

@@ -2,7 +2,9 @@
 
 Leakage is ruled out here, once, for every later step. Each user's *training* interactions are
 the positions before the history_len of their validation example (without one: before their
-first validation or test target); the item-item graph, the Jaccard overlaps and the negatives
+first validation or test target); under `msr data prepare --split users` a validation or test user
+has none (their history is only the input of their one example, so no training interaction is
+later than a held-out target). The item-item graph, the Jaccard overlaps and the negatives
 see only those. A user text for an example at history_len h is the preference text of
 positions [0, h) (`msr summarize users` keys it by (user_id, history_len)) plus, optionally, the
 titles of the last items strictly before h: never the target or anything after it.
@@ -23,6 +25,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from msr import schema
+from msr.data.tables import split_protocol
 from msr.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -77,6 +80,8 @@ def load_run(run: RunDir) -> RunData:
     train_len = seq_len.copy()
     first_held = held_out.groupby("user_code")[schema.HISTORY_LEN].min()
     train_len[first_held.index.to_numpy()] = first_held.to_numpy()
+    if split_protocol(run) == "users":  # LLaRA's split: a held-out user's history is their input, never training data
+        train_len[held_out["user_code"].unique()] = 0
     return RunData(items=items, users=pd.Index(users), seq_items=seq_items,
                    seq_start=seq_start, seq_len=seq_len, train_len=train_len, examples=examples)
 
