@@ -3,7 +3,8 @@
 Order of operations (each drop is counted in data_stats.json under `dropped`):
 unknown items -> items without title/image (if required) -> exact duplicates -> repeated
 (user, item) pairs (earliest kept) -> iterative k-core -> chronological sort -> length cap ->
-leave-last-out targets -> seeded negatives. A step that leaves no interaction stops the stage with
+targets (leave-last-out, or a ratio split of users or of a sample list: `split`) -> K-shot subset ->
+labels (1, or the user's rating against `label_threshold`) and history windows -> seeded negatives. A step that leaves no interaction stops the stage with
 one ValueError naming the step and the counts so far, never an IndexError further on.
 """
 
