@@ -193,7 +193,7 @@ HUB_FAMILIES: tuple[tuple[str, str], ...] = (
     (r"smolvlm|idefics3", "idefics3"),
     (r"llava-1\.5|llava-v1\.5", "llava"),
     # text-only chat LMs (the text recommender): msr.tiny's Llama with a string-only ChatML template
-    (r"qwen2\.5-\d|qwen3-\d|llama-3|smollm", "text"),
+    (r"qwen2\.5-\d|qwen3-\d|llama-2|llama-3|smollm", "text"),
 )
 # config.json model_type of a local checkpoint -> family
 MODEL_TYPE_FAMILIES = {"llava": "llava", "llava_next": "llava_next", "idefics3": "idefics3", "qwen2_vl": "qwen2_vl",
@@ -236,7 +236,7 @@ def tiny_family(model: str) -> str | None:
     ("llava-hf/llava-1.5-7b-hf", "llava"), ("runs/quickstart-recipe/models/vlm", "llava"),
     ("Qwen/Qwen2-VL-7B-Instruct", "qwen2_vl"), ("google/gemma-3-4b-it", None), ("runs/nowhere/models/vlm", None),
     ("Qwen/Qwen2.5-1.5B-Instruct", "text"), ("meta-llama/Meta-Llama-3-8B-Instruct", "text"),
-    ("HuggingFaceTB/SmolLM2-135M-Instruct", "text")])
+    ("HuggingFaceTB/SmolLM2-135M-Instruct", "text"), ("meta-llama/Llama-2-7b-chat-hf", "text")])
 def test_tiny_family_of_a_model_name(model: str, family: str | None) -> None:
     assert tiny_family(model) == family
 
