@@ -49,7 +49,8 @@ def main() -> None:
         runs.append(run)
     msr("spread", "--runs", *runs, "--out_dir", f"{base}-spread", "--published", args.preset)
     out = json.loads(Path(f"{base}-spread/spread.json").read_text(encoding="utf-8"))
-    print(json.dumps({"preset": args.preset, "seeds": args.seeds, "seconds_per_seed": seconds, **out}, indent=1))
+    print(json.dumps({"benchmark": "protocols", "preset": args.preset, "seeds": args.seeds, "seconds_per_seed": seconds,
+                      **out}))
 
 
 if __name__ == "__main__":
