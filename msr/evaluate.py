@@ -232,7 +232,8 @@ def sampled_metrics(table: pd.DataFrame, names: list[str], cfg: EvaluateConfig) 
     among = [n for n in (*REFERENCE_BASELINES, *cfg.compare_to) if n in points]
     reference = best_of(points, among, metric)
     how = {"resamples": cfg.resamples, "level": LEVEL, "seed": cfg.seed, "unit": "user", "reference": reference,
-           "reference_metric": metric, "reference_among": among, "labels": "explicit" if pointwise else "sampled"}
+           "reference_metric": metric, "reference_among": among, "labels": "explicit" if pointwise else "sampled",
+           "examples": len(example_users), "users": int(example_users.max()) + 1}
     return _with_uncertainty(points, statistics, columns, example_users, reference, cfg), how
 
 

@@ -69,8 +69,9 @@ def verdicts(published: dict, methods: dict) -> dict:
 def published_section(block: dict) -> list[str]:
     """The report's table: ours with its interval beside the paper's figure, and the verdict."""
     lines = [f"## Against the published figures: {block['source']}", "",
-             "Inside: the published value lies within our 95% interval. Each figure is read with its test set's size: "
-             "the paper's, and ours (examples).", "",
+             "Inside: the published value lies within our 95% interval (a bootstrap over users: few users behind many "
+             "examples make it wide). Each figure is read with its test set's size: the paper's, and ours (examples).",
+             "",
              "| method (paper's name) | metric | ours [95% interval] | our test size | published | paper's test size "
              "| verdict |", "|---|---|---|---|---|---|---|"]
     for r in block["rows"]:

@@ -96,8 +96,12 @@ def report(metrics: dict, ks: list[int]) -> str:
     """Markdown: the sampled table and, when there is one, the full-ranking table, each with its p-values."""
     methods = metrics["methods"]
     full = metrics.get("full_ranking")
-    users = next(iter(methods.values()))["users"] if methods else (full["examples"] if full else 0)
-    lines = [f"# Evaluation: {metrics['split']} split, {users} users", ""] + _sampled(metrics, ks)
+    how = metrics.get("uncertainty", {})
+    if "examples" in how and how["examples"] != how["users"]:  # several examples per user: say both
+        size = f"{how['examples']} examples of {how['users']} users"
+    else:
+        size = f"{next(iter(methods.values()))['users'] if methods else (full['examples'] if full else 0)} users"
+    lines = [f"# Evaluation: {metrics['split']} split, {size}", ""] + _sampled(metrics, ks)
     if full:
         lines += _full(full, metrics.get("uncertainty", {}))
     if metrics.get("published"):

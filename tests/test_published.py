@@ -65,6 +65,8 @@ def test_explicit_labels_are_evaluated_by_auc_with_a_verdict(tmp_path: Path) -> 
     assert [r["verdict"] for r in rows] == ["outside", "not run"] and rows[0]["our_size"] == 4
     report = (run / "report.md").read_text()
     assert "Explicit labels" in report and "| popularity (Pop) | auc |" in report and "| outside |" in report
+    users = examples[examples[schema.SPLIT] == "test"][schema.USER].nunique()
+    assert f"# Evaluation: test split, 4 examples of {users} users" in report  # the bootstrap's unit is the user
     inside = dict(rows[0], value=out["methods"]["popularity"]["auc"])
     published.write_text(yaml.safe_dump({"published": {"rows": [
         {k: inside[k] for k in ("method", "metric", "value", "test_size")}]}}))
