@@ -70,6 +70,17 @@ def encode_chat(processor: Any, is_vlm: bool, conversations: list[list[dict]], *
                                          return_dict=True, return_tensors="pt", **kwargs)
 
 
+class PromptTooLongError(ValueError):
+    """A prompt has more tokens than the model has positions."""
+
+
+def max_positions(model: torch.nn.Module) -> int | None:
+    """The text model's positions (`max_position_embeddings`), or None where the config does not say."""
+    config = model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") else model.config
+    value = getattr(config, "max_position_embeddings", None)
+    return value if isinstance(value, int) and value > 0 else None
+
+
 def image_batches(has_image: Sequence[bool], size: int) -> Iterator[list[int]]:
     """Indices in batches of at most `size` that never mix prompts with and without an image
     (a processor wants one input shape per batch)."""

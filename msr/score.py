@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from msr.data.sft import answer_messages, recommendation_messages
-from msr.models import LoadedModel, image_batches
+from msr.models import LoadedModel, PromptTooLongError, image_batches, max_positions
 from msr.parity import check_parity, question_inputs
 
 log = logging.getLogger(__name__)
@@ -59,17 +59,6 @@ def probe_row(label: int = 1) -> dict:
             "completion": answer_messages(label), "images": []}
 
 
-class PromptTooLongError(ValueError):
-    """A question has more tokens than the model has positions."""
-
-
-def _max_positions(model: torch.nn.Module) -> int | None:
-    """The text model's positions (`max_position_embeddings`), or None where the config does not say."""
-    config = model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") else model.config
-    value = getattr(config, "max_position_embeddings", None)
-    return value if isinstance(value, int) and value > 0 else None
-
-
 class Scorer:
     """Scores candidate batches of one model (with or without a LoRA adapter loaded on it).
 
@@ -83,7 +72,7 @@ class Scorer:
                  max_batch_tokens: int = MAX_BATCH_TOKENS):
         self.loaded = loaded
         self.max_batch_tokens = max_batch_tokens
-        self.max_positions = _max_positions(loaded.model)
+        self.max_positions = max_positions(loaded.model)
         try:
             self.yes, self.no = check_parity(loaded.processor, loaded.is_vlm, row or probe_row())
         except ValueError as err:

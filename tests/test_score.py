@@ -96,7 +96,7 @@ def test_one_long_question_splits_its_batch_and_one_past_the_positions_is_refuse
         tmp_path: Path, family_models: dict[str, str]) -> None:
     """A batch is cut by a token budget, so one long candidate does not pad every other one to its length; a question
     longer than the model's positions is one clear error, never a traceback or a truncated score."""
-    from msr.score import PromptTooLongError
+    from msr.models import PromptTooLongError
 
     loaded = load_model(family_models["qwen2_5_vl"], "float32", "cpu")
     messages, images = _mixed_group(tmp_path / "images", n=8)

@@ -22,7 +22,7 @@ from PIL import ExifTags, Image
 
 from msr.data.images import MAX_IMAGE_BYTES, load_rgb
 from msr.deadline import client as bounded_client
-from msr.models import image_batches, load_model
+from msr.models import PromptTooLongError, image_batches, load_model, max_positions
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +106,12 @@ class TransformersBackend(Backend):
         Which prompts share a batch never changes a prompt's cache key."""
         tokens = self.loaded.tokenizer([r.prompt for r in requests], add_special_tokens=False)["input_ids"]
         order = sorted(range(len(requests)), key=lambda i: len(tokens[i]))
+        limit = max_positions(self.loaded.model)
+        if order and limit and len(tokens[order[-1]]) + self.max_new_tokens > limit:
+            raise PromptTooLongError(
+                f"a summary prompt of {len(tokens[order[-1]])} text tokens plus max_new_tokens {self.max_new_tokens} "
+                f"passes the {limit} positions of {self.model_id}: shorten the prompt template, the titles and "
+                "descriptions (msr data prepare --max_title_chars / --max_description_chars) or max_new_tokens")
         out: list[list[int]] = []
         for chunk in image_batches([requests[i].image for i in order], self.batch_size):
             batch: list[int] = []

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from msr import schema
+from msr.models import PromptTooLongError, max_positions
 from msr.summarize.backends import GenerationSettings, Request, TransformersBackend
 
 
@@ -37,16 +38,27 @@ def test_batches_group_similar_lengths_and_never_mix_images(tiny_run_template: d
 
 def test_a_token_budget_cuts_batches_so_long_prompts_never_multiply_memory(tiny_run_template: dict) -> None:
     requests = _requests(tiny_run_template["run"], with_images=False)
-    requests.append(Request("very long " * 400, None))  # one prompt far over the budget
-    backend = TransformersBackend(tiny_run_template["lm"], batch_size=8, max_batch_tokens=400, max_new_tokens=20)
-    tokens = [len(backend.loaded.tokenizer(r.prompt, add_special_tokens=False)["input_ids"]) for r in requests]
+    requests.append(Request("very long " * 20, None))
+    unbounded = TransformersBackend(tiny_run_template["lm"], batch_size=8, max_new_tokens=10)
+    tokens = [len(unbounded.loaded.tokenizer(r.prompt, add_special_tokens=False)["input_ids"]) for r in requests]
+    budget = tokens[-1] + 10 - 1  # the long prompt alone is over it (and within the tiny model's positions)
+    backend = TransformersBackend(tiny_run_template["lm"], batch_size=8, max_batch_tokens=budget, max_new_tokens=10)
     batches = backend.batches(requests)
     assert sorted(i for b in batches for i in b) == list(range(len(requests)))
     for b in batches:  # padded to the longest, plus the new tokens: within the budget, or a batch of one
-        assert len(b) == 1 or len(b) * (max(tokens[i] for i in b) + 20) <= 400, (b, tokens)
+        assert len(b) == 1 or len(b) * (max(tokens[i] for i in b) + 10) <= budget, (b, tokens)
     assert [len(requests) - 1] in batches and max(len(b) for b in batches) > 1
-    unbounded = TransformersBackend(tiny_run_template["lm"], batch_size=8, max_new_tokens=20)
     assert len(unbounded.batches(requests)) < len(batches)
+
+
+def test_a_prompt_longer_than_the_models_positions_is_refused_before_generating(tiny_run_template: dict) -> None:
+    backend = TransformersBackend(tiny_run_template["lm"], batch_size=4, max_new_tokens=20)
+    positions = max_positions(backend.loaded.model)
+    requests = _requests(tiny_run_template["run"], with_images=False)
+    backend.batches(requests)  # the ordinary prompts fit
+    with pytest.raises(PromptTooLongError, match=f"passes the {positions} positions"):
+        backend.batches(requests + [Request("word " * positions, None)])
+    assert backend.calls == 0
 
 
 @pytest.mark.parametrize("model", ["lm", "vlm"])
