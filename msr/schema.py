@@ -31,6 +31,7 @@ EXAMPLE_COLUMNS = (USER, SPLIT, TARGET, HISTORY_LEN, CUTOFF_TS, NEGATIVES)
 # optional example columns (data prepare writes them; a table without them means 0 and 1)
 HISTORY_START = "history_start"  # what every method sees is positions [HISTORY_START, HISTORY_LEN) (a window)
 TARGET_LABEL = "target_label"  # 1, or the user's own label of the target under explicit labels (rating > threshold)
+SPLIT_METADATA = "msr.split"  # examples.parquet's schema metadata: how data prepare chose the targets (`split`)
 LIKED = "liked"  # interactions.parquet under explicit labels: rating > threshold, for marks in prompts
 
 TRAIN, VALID, TEST = "train", "valid", "test"

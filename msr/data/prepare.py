@@ -278,7 +278,7 @@ def prepare(cfg: PrepareConfig) -> dict:
         schema.HISTORY_START: pa.array(np.maximum(history - cfg.history_window, 0) if cfg.history_window else
                                        np.zeros(len(rows), np.int64), pa.int32()),
         schema.TARGET_LABEL: pa.array(labels.astype(np.int8), pa.int8()),
-    }))
+    }).replace_schema_metadata({schema.SPLIT_METADATA: cfg.split}))
     stats = _statistics(cfg, n_users, n_items, lengths, items, split_names[split_codes], dropped, rounds)
     protocol["positive_targets"] = {s: int(labels[split_codes == code].sum()) for code, s in enumerate(schema.SPLITS)}
     stats["protocol"] = {"split": cfg.split, "split_ratio": cfg.split_ratio if cfg.split != "leave_last_out" else None,

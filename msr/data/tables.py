@@ -7,8 +7,6 @@ the file and the command that writes it again, never a KeyError deep in a stage.
 
 from __future__ import annotations
 
-import json
-
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -72,12 +70,11 @@ def refuse_window(run: RunDir, stage: str) -> None:
 
 
 def split_protocol(run: RunDir) -> str:
-    """How `msr data prepare` chose the run's targets (`split`: leave_last_out, users or samples), from
-    data_stats.json; leave_last_out for a run prepared before the protocols existed."""
-    path = run.path(schema.DATA_STATS_FILE)
+    """How `msr data prepare` chose the run's targets (`split`: leave_last_out, users or samples), from the examples
+    table's own schema metadata, so that a stage reading it reads nothing the examples' content does not cover;
+    leave_last_out for a table without it (one written before the protocols existed, or by hand)."""
     try:
-        stats = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        metadata = pq.read_schema(run.path(schema.EXAMPLES_FILE)).metadata or {}
+    except (pa.ArrowException, OSError):
         return "leave_last_out"
-    protocol = stats.get("protocol") if isinstance(stats, dict) else None
-    return str(protocol.get("split", "leave_last_out")) if isinstance(protocol, dict) else "leave_last_out"
+    return metadata.get(schema.SPLIT_METADATA.encode(), b"leave_last_out").decode("utf-8", "replace")
